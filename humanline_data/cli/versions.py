@@ -1,0 +1,30 @@
+"""``humanline-data versions``: list a dataset's versions with kinds, counts and lineage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from humanline_data.errors import HumanlineError
+from humanline_data.store import list_versions, read_manifest
+
+
+@click.command("versions")
+@click.argument("dataset", type=click.Path(path_type=Path))
+def versions(dataset: Path) -> None:
+    """List versions of DATASET (<root>/<name>) with kind, rows, creation time and parents."""
+    found = list_versions(dataset)
+    if not found:
+        raise HumanlineError(f"{dataset}: no versions")
+    table = Table("version", "kind", "rows", "created_at", "parents")
+    for path in found:
+        m = read_manifest(path)
+        parents = ", ".join(f"{Path(p['path']).parent.name}/v{p['version']} ({p['kind']})" for p in m["parents"])
+        table.add_row(path.name, m["kind"], str(m["rows"]), m["created_at"], parents or "-")
+    Console().print(table)
+
+
+COMMANDS = [versions]

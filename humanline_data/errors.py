@@ -1,0 +1,33 @@
+"""Errors that reach the user as one line (``error: <message>``) and a non-zero exit code.
+
+Every stage raises a subclass of :class:`HumanlineError` for bad input; the CLI catches it,
+prints ``str(err)`` on one line to stderr and exits with status 2. Nothing is written when one
+is raised, because versions are only made visible by the final rename in ``store``.
+"""
+
+
+class HumanlineError(Exception):
+    """Base class: a problem with the user's input, explained in one line."""
+
+    def __str__(self) -> str:  # keep it to one line whatever the message holds
+        return " ".join(super().__str__().split())
+
+
+class SchemaError(HumanlineError):
+    """A table is missing a column, has a wrong dtype, or holds a bad value."""
+
+
+class InputFormatError(HumanlineError):
+    """A source file cannot be parsed (malformed JSON, unknown format, ...)."""
+
+
+class CorruptVersionError(HumanlineError):
+    """A version on disk does not match its manifest (checksum, truncation, missing part)."""
+
+
+class WrongKindError(HumanlineError):
+    """A stage got a version of a kind it cannot consume."""
+
+
+class ModelNotFoundError(HumanlineError):
+    """A model name or path does not resolve to a usable model folder."""

@@ -1,0 +1,1 @@
+"""humanline-train: humanline DPO/KTO/GRPO streamed from versioned shards."""

@@ -1,0 +1,70 @@
+"""Shared fixtures: offline environment, the real data in ../shared/data, a tiny random model.
+
+The tiny model is a 2-layer Llama with SmolLM2's real tokenizer and chat template (shipped in
+tests/fixtures/smollm2_tokenizer), randomly initialised from a config with a fixed seed, so unit
+tests exercise real transformers code in seconds. Tests marked ``slow`` use the embedded 135M
+model; they run in CI too (the suite stays under its time budget).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+TOKENIZER_DIR = ROOT / "tests" / "fixtures" / "smollm2_tokenizer"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def make_tiny_model(path: Path, seed: int = 0, layers: int = 2, hidden: int = 64) -> Path:
+    """Save a randomly initialised tiny Llama + SmolLM2 tokenizer at ``path``; return it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    model = LlamaForCausalLM(config).to(torch.float32)
+    model.save_pretrained(path)
+    for f in TOKENIZER_DIR.iterdir():
+        shutil.copy(f, path / f.name)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """Path of a tiny random model folder (shared by the session; do not modify it)."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="session")
+def embedded_model() -> Path:
+    """The real embedded default model (SmolLM2-135M-Instruct), converted once into the cache."""
+    from humanline_data.models import EMBEDDED_MODEL, resolve_model
+
+    return resolve_model(EMBEDDED_MODEL)
