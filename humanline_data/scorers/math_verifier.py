@@ -1,0 +1,152 @@
+"""The math scorer: extract a completion's final answer and check it with math-verify.
+
+Extraction tries, in order, and takes the last occurrence of the first kind found:
+``\\boxed{...}`` (nested braces; also ``\\boxed 2`` and ``\\fbox{}``), ``#### x`` (GSM8K),
+"the (final) answer is x", a line ``A: x`` / ``Answer: x`` / ``Final answer: x``, and else the
+last number in the text. The first four are explicit final-answer markers (the ``format``
+component is 1.0 when one was found).
+
+The extracted answer and the row's reference ``answer`` (a plain number for GSM8K, LaTeX for
+MATH) are both wrapped in ``\\boxed{}`` and parsed by math-verify, then compared with
+``math_verify.verify``. reward = correct (1.0 / 0.0) + format_weight * format. Anything that
+goes wrong while parsing or comparing counts as wrong (0.0), never as a crash.
+
+math-verify's timeouts use ``signal.alarm``, which only works in the main thread; elsewhere the
+scorer runs without timeouts.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from humanline_data.errors import SchemaError
+from humanline_data.scorers.base import Scorer
+
+_TIMEOUT_S = 5
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])\s*")
+_HASHES = re.compile(r"####\s*(.+)")
+_ANSWER_IS = re.compile(r"(?i)\bthe\s+(?:final\s+)?answer\s+is\s*:?\s*(.+?)(?:\.(?:\s|$)|\n|$)")
+_ANSWER_LINE = re.compile(r"(?im)^[ \t*#]*(?:final\s+answer|answer|a)\s*:\s*(.+?)\s*$")
+_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+")
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_CURRENCY = re.compile(r"^(?:\\\$|\$)\s*(?=[-\d.])")
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (balanced braces) or ``\\boxed x``; None if none."""
+    for m in reversed(list(_BOXED.finditer(text))):
+        start = m.end()
+        if text[start:start + 1] == "{":
+            depth = 0
+            for j in range(start, len(text)):
+                if text[j] == "{":
+                    depth += 1
+                elif text[j] == "}":
+                    depth -= 1
+                    if depth == 0:
+                        return text[start + 1:j]
+            continue  # unbalanced: try an earlier one
+        bare = re.match(r"[^\s$]+", text[start:])
+        if bare:
+            return bare.group(0)
+    return None
+
+
+def _last_match(pattern: re.Pattern, text: str) -> str | None:
+    found = pattern.findall(text)
+    return found[-1] if found else None
+
+
+def extract_answer(text: str) -> tuple[str | None, bool]:
+    """``(answer, marked)``: the final answer of ``text`` (None if there is none) and whether an
+    explicit final-answer marker (boxed, ####, "the answer is", "Answer:") gave it."""
+    for find in (_last_boxed, lambda t: _last_match(_HASHES, t),
+                 lambda t: _last_match(_ANSWER_IS, t), lambda t: _last_match(_ANSWER_LINE, t)):
+        found = find(text)
+        if found is not None and clean_answer(found):
+            return clean_answer(found), True
+    number = _last_match(_NUMBER, text)
+    return (clean_answer(number), False) if number is not None else (None, False)
+
+
+def clean_answer(answer: str) -> str:
+    """An answer without surrounding math delimiters, markdown, trailing period, currency
+    sign or thousands separators (``"$1,080$."`` -> ``"1080"``)."""
+    answer = answer.strip()
+    previous = None
+    while answer != previous:
+        previous = answer
+        answer = answer.strip().strip("*").rstrip(".").strip()
+        for left, right in (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+            if answer.startswith(left) and answer.endswith(right) and len(answer) > len(left) + len(right) - 1:
+                answer = answer[len(left):len(answer) - len(right)]
+    answer = _CURRENCY.sub("", answer)
+    if _THOUSANDS.fullmatch(answer):
+        answer = answer.replace(",", "")
+    return answer.strip()
+
+
+def _timeout() -> int | None:
+    return _TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse(answer: str, timeout: int | None) -> list:
+    from math_verify import parse
+
+    return parse("\\boxed{" + answer + "}", parsing_timeout=timeout)
+
+
+def is_correct(predicted: str | None, gold: str) -> bool:
+    """Whether ``predicted`` equals the reference ``gold`` (math-verify; exceptions -> False)."""
+    if predicted is None:
+        return False
+    from math_verify import verify
+
+    timeout = _timeout()
+    try:
+        gold_parsed = _parse(clean_answer(gold), timeout)
+        pred_parsed = _parse(predicted, timeout)
+        return bool(gold_parsed and pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
+    except Exception:  # noqa: BLE001 - math-verify raises many kinds; a failed check is a 0
+        return False
+
+
+class MathVerifier(Scorer):
+    """Reward 1.0 for a verified final answer, 0.0 otherwise, plus format_weight * format."""
+
+    def __init__(self, format_weight: float = 0.0) -> None:
+        self.format_weight = float(format_weight)
+        self.identity = "math" if not self.format_weight else f"math+format*{self.format_weight:g}"
+        self.params = {"format_weight": self.format_weight}
+        self.producer = {"scorer": "math-verify", "math_verify": _math_verify_version()}
+
+    def check(self, table: pa.Table) -> None:
+        missing = pc.is_null(table.column("answer"))
+        if pc.any(missing).as_py():
+            row = pc.index(missing, True).as_py()
+            raise SchemaError(
+                f"math scorer needs an answer column; row {row} of prompt_id "
+                f"{table.column('prompt_id')[row].as_py()} has none"
+            )
+
+    def __call__(self, rows: list[dict]) -> list[tuple[float, dict[str, float]]]:
+        out = []
+        for row in rows:
+            predicted, marked = extract_answer(row["completion"])
+            correct = float(is_correct(predicted, row["answer"]))
+            fmt = float(marked)
+            out.append((correct + self.format_weight * fmt, {"correct": correct, "format": fmt}))
+        return out
+
+
+def _math_verify_version() -> str:
+    from importlib.metadata import version
+
+    return version("math-verify")
