@@ -1,0 +1,70 @@
+"""One small reader per outside format, and detection of a format from a record's columns.
+
+A reader maps one source record (a dict it pops the fields it uses from) to ``(kind, row)``;
+what it leaves in the record becomes the row's ``metadata``. See ``humanline_data.importers``
+for the driver that reads files, numbers samples, fills ``prompt_id``/``source``/``split`` and
+writes the version.
+
+=============  ==========  ==============================================================
+format         kind        columns read
+=============  ==========  ==============================================================
+trl            pairs       prompt, chosen, rejected (text or conversational)
+trl            unpaired    prompt, completion, label
+hh             pairs       chosen, rejected (HH-RLHF transcripts)
+sharegpt       pairs       conversations [{from, value}], chosen, rejected, [system]
+kto            unpaired    messages, completion, label
+math           prompts     problem, answer
+gsm8k          prompts     question, answer (final answer after ``#### ``)
+alpaca         prompts     instruction, [input]
+completions    completions prompt | messages | instruction, completion | output, [reward...]
+=============  ==========  ==============================================================
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from humanline_data.errors import InputFormatError
+from humanline_data.formats.completions import completions
+from humanline_data.formats.preferences import hh, kto, sharegpt, trl
+from humanline_data.formats.problems import alpaca, gsm8k, math
+
+Reader = Callable[[dict], tuple[str, dict]]
+
+READERS: dict[str, Reader] = {
+    "trl": trl,
+    "hh": hh,
+    "sharegpt": sharegpt,
+    "kto": kto,
+    "math": math,
+    "gsm8k": gsm8k,
+    "alpaca": alpaca,
+    "completions": completions,
+}
+FORMATS = ("auto", *READERS)
+
+
+def detect(record: dict, where: str) -> str:
+    """The format a record's columns suggest; records with an output are completions, so
+    AlpacaEval instruction files (which carry a placeholder ``output``) need ``--format alpaca``."""
+    cols = set(record)
+    if {"conversations", "chosen", "rejected"} <= cols:
+        return "sharegpt"
+    if {"chosen", "rejected"} <= cols:
+        chosen = record["chosen"]
+        is_transcript = "prompt" not in cols and isinstance(chosen, str) and "\n\nAssistant:" in chosen
+        return "hh" if is_transcript else "trl"
+    if {"completion", "label"} <= cols:
+        return "kto" if "messages" in cols and "prompt" not in cols else "trl"
+    if cols & {"completion", "output"} and cols & {"prompt", "messages", "instruction"}:
+        return "completions"
+    if {"problem", "answer"} <= cols:
+        return "math"
+    if {"question", "answer"} <= cols:
+        return "gsm8k"
+    if "instruction" in cols:
+        return "alpaca"
+    raise InputFormatError(
+        f"{where}: cannot detect the format from columns {', '.join(sorted(cols))}; "
+        f"pass --format ({', '.join(READERS)})"
+    )

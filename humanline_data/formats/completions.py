@@ -1,0 +1,71 @@
+"""Reader for existing generations from any source -> kind ``completions``, or ``scored`` when
+the records carry a ``reward``.
+
+Prompt: ``messages`` (list of {role, content}), ``prompt`` (text or messages) or
+``instruction`` [+ ``input``]. Completion: ``completion`` or ``output`` (text, or a conversation
+whose final assistant message is the completion). Optional: ``answer``, ``reward`` (finite
+number), ``sample_idx`` (else numbered per prompt by the importer), ``generator`` (else
+``"import"``), ``finish_reason`` (else ``"unknown"``), ``completion_tokens`` (else -1: the
+count depends on a tokenizer the importer does not know), ``scorer`` (else ``"import"``),
+``reward_components`` and the sampling columns of this project's own completions.
+"""
+
+from __future__ import annotations
+
+import json
+
+from humanline_data.formats.fields import (
+    RecordError,
+    completion_of,
+    integer,
+    number,
+    optional_text,
+    prompt,
+    prompt_of,
+    take,
+)
+from humanline_data.formats.problems import instruction_prompt
+
+# Columns of this project's completions that pass through unchanged when present.
+_SAMPLING = ("temperature", "top_p", "max_new_tokens", "seed", "logprob_sum")
+
+
+def _prompt(record: dict) -> list[dict]:
+    if "messages" in record:
+        return prompt_of(take(record, "messages"), "messages")
+    if "prompt" in record:
+        return prompt_of(take(record, "prompt"), "prompt")
+    if "instruction" in record:
+        return instruction_prompt(record)
+    raise RecordError("missing_column", "missing required column 'prompt' or 'messages' or 'instruction'")
+
+
+def completions(record: dict) -> tuple[str, dict]:
+    record.pop("prompt_id", None)  # recomputed from the messages
+    head = _prompt(record)
+    before, completion = completion_of(take(record, "completion", "output"), "completion")
+    sample_idx = take(record, "sample_idx", default=None)
+    tokens = take(record, "completion_tokens", default=-1)
+    row = {
+        "messages": prompt(head + before, "prompt"),
+        "completion": completion,
+        "answer": optional_text(take(record, "answer", default=None), "answer"),
+        "sample_idx": None if sample_idx is None else integer(sample_idx, "sample_idx"),
+        "completion_tokens": tokens if tokens == -1 else integer(tokens, "completion_tokens"),
+        "generator": optional_text(take(record, "generator", default=None), "generator") or "import",
+        "finish_reason": optional_text(take(record, "finish_reason", default=None), "finish_reason") or "unknown",
+        **{name: take(record, name, default=None) for name in _SAMPLING},
+    }
+    for name in ("source", "split"):
+        if record.get(name) is not None:
+            row[name] = optional_text(take(record, name), name)
+    if record.get("reward") is None:
+        record.pop("reward", None)
+        return "completions", row
+    components = take(record, "reward_components", default=None)
+    row.update(
+        reward=number(take(record, "reward"), "reward"),
+        scorer=optional_text(take(record, "scorer", default=None), "scorer") or "import",
+        reward_components=json.dumps(components) if isinstance(components, dict) else components,
+    )
+    return "scored", row

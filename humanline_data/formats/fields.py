@@ -1,0 +1,147 @@
+"""Checked access to one source record's fields, shared by every format reader.
+
+Readers receive a mutable copy of a record and *take* (pop) the fields they use, so whatever is
+left over is exactly the unknown columns that the importer keeps in ``metadata``. Every check
+raises :class:`RecordError` with a one-line message and a short ``reason`` key (counted in the
+manifest stats when ``--skip-invalid`` skips such records).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from humanline_data.errors import SchemaError
+
+# Source role names -> contract roles (TRL uses role/content, ShareGPT from/value).
+ROLE_ALIASES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+}
+_MISSING = object()
+
+
+class RecordError(SchemaError):
+    """One record breaks the contract; ``reason`` is a short key such as ``empty_completion``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _dtype(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def take(record: dict, *names: str, default: Any = _MISSING) -> Any:
+    """Pop the first of ``names`` present (and not null); raise missing_column unless ``default``."""
+    for name in names:
+        if record.get(name) is not None:
+            return record.pop(name)
+    for name in names:  # drop null placeholders of the same field
+        record.pop(name, None)
+    if default is not _MISSING:
+        return default
+    wanted = " or ".join(repr(n) for n in names)
+    raise RecordError("missing_column", f"missing required column {wanted}")
+
+
+def text(value: Any, column: str, empty_reason: str) -> str:
+    """A non-empty string (whitespace stripped)."""
+    if not isinstance(value, str):
+        raise RecordError("wrong_dtype", f"column {column!r} has dtype {_dtype(value)}, expected string")
+    value = value.strip()
+    if not value:
+        raise RecordError(empty_reason, f"empty {column!r}")
+    return value
+
+
+def optional_text(value: Any, column: str) -> str | None:
+    """A string, number rendered as text, or None for null/blank."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise RecordError("wrong_dtype", f"column {column!r} has dtype {_dtype(value)}, expected string")
+    return value.strip() or None
+
+
+def number(value: Any, column: str) -> float:
+    """A finite float (ints accepted, booleans and strings refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RecordError("wrong_dtype", f"column {column!r} has dtype {_dtype(value)}, expected a number")
+    if not math.isfinite(value):
+        raise RecordError("non_finite", f"column {column!r} is {value} (must be finite)")
+    return float(value)
+
+
+def integer(value: Any, column: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RecordError("wrong_dtype", f"column {column!r} is {value!r}, expected a non-negative integer")
+    return value
+
+
+def boolean(value: Any, column: str) -> bool:
+    if not isinstance(value, bool):
+        raise RecordError("wrong_dtype", f"column {column!r} has dtype {_dtype(value)}, expected boolean")
+    return value
+
+
+def message(turn: Any, column: str, role_key: str = "role", content_key: str = "content") -> dict:
+    """One ``{role, content}`` message from a source turn such as ``{from, value}``."""
+    if not isinstance(turn, dict):
+        raise RecordError("wrong_dtype", f"column {column!r}: a message has dtype {_dtype(turn)}, expected object")
+    if role_key not in turn:
+        raise RecordError("missing_column", f"column {column!r}: a message has no {role_key!r}")
+    role = ROLE_ALIASES.get(str(turn[role_key]).strip().lower())
+    if role is None:
+        raise RecordError(
+            "unknown_role",
+            f"column {column!r}: unknown role {turn[role_key]!r} (expected one of {', '.join(ROLE_ALIASES)})",
+        )
+    return {"role": role, "content": text(turn.get(content_key), f"{column}.{content_key}", "empty_message")}
+
+
+def messages(value: Any, column: str, role_key: str = "role", content_key: str = "content") -> list[dict]:
+    """A list of messages (possibly empty)."""
+    if not isinstance(value, list):
+        raise RecordError("wrong_dtype", f"column {column!r} has dtype {_dtype(value)}, expected a list of messages")
+    return [message(t, column, role_key, content_key) for t in value]
+
+
+def prompt(msgs: list[dict], column: str) -> list[dict]:
+    """Check that prompt messages are non-empty and end with a user turn."""
+    if not msgs:
+        raise RecordError("empty_prompt", f"empty prompt in {column!r}")
+    if msgs[-1]["role"] != "user":
+        raise RecordError("prompt_not_user", f"prompt in {column!r} ends with a {msgs[-1]['role']} turn, expected user")
+    return msgs
+
+
+def prompt_of(value: Any, column: str) -> list[dict]:
+    """Prompt messages from plain text (one user turn) or a list of messages."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": text(value, column, "empty_prompt")}]
+    return prompt(messages(value, column), column)
+
+
+def completion_of(value: Any, column: str) -> tuple[list[dict], str]:
+    """``(messages before it, text)`` of a completion given as text or as a conversation.
+
+    For a conversation the completion is its final message, which must be an assistant turn.
+    """
+    if isinstance(value, str):
+        return [], text(value, column, "empty_completion")
+    if isinstance(value, dict):
+        value = [value]
+    sharegpt = isinstance(value, list) and value and isinstance(value[0], dict) and "from" in value[0]
+    msgs = messages(value, column, "from", "value") if sharegpt else messages(value, column)
+    if not msgs:
+        raise RecordError("empty_completion", f"empty {column!r}")
+    if msgs[-1]["role"] != "assistant":
+        raise RecordError("not_assistant", f"final message of {column!r} is a {msgs[-1]['role']} turn, expected assistant")
+    return msgs[:-1], msgs[-1]["content"]

@@ -1,0 +1,125 @@
+"""Readers for preference data: TRL (paired and unpaired), HH-RLHF, ShareGPT pairs, KTO.
+
+Each reader takes one record (a dict it may pop fields from) and returns ``(kind, row)`` where
+``row`` holds the kind's columns except ``prompt_id``, ``source``, ``split`` and ``metadata``,
+which the importer fills in. Preference data carries no scores, so ``chosen_reward``,
+``rejected_reward`` and ``margin`` stay null unless the source has scores.
+"""
+
+from __future__ import annotations
+
+import re
+
+from humanline_data.formats.fields import (
+    RecordError,
+    boolean,
+    completion_of,
+    messages,
+    number,
+    prompt,
+    prompt_of,
+    take,
+    text,
+)
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLE = {"Human": "user", "Assistant": "assistant"}
+
+
+def _pair(msgs: list[dict], chosen: str, rejected: str, record: dict) -> tuple[str, dict]:
+    chosen_reward = take(record, "chosen_reward", "score_chosen", default=None)
+    rejected_reward = take(record, "rejected_reward", "score_rejected", default=None)
+    if chosen_reward is not None:
+        chosen_reward = number(chosen_reward, "chosen_reward")
+    if rejected_reward is not None:
+        rejected_reward = number(rejected_reward, "rejected_reward")
+    margin = None if chosen_reward is None or rejected_reward is None else chosen_reward - rejected_reward
+    return "pairs", {
+        "messages": msgs,
+        "chosen": chosen,
+        "rejected": rejected,
+        "chosen_reward": chosen_reward,
+        "rejected_reward": rejected_reward,
+        "margin": margin,
+    }
+
+
+def _unpaired(record: dict, prompt_column: str) -> tuple[str, dict]:
+    head = prompt_of(take(record, prompt_column), prompt_column)
+    before, completion = completion_of(take(record, "completion"), "completion")
+    reward = take(record, "reward", default=None)
+    return "unpaired", {
+        "messages": prompt(head + before, prompt_column),
+        "completion": completion,
+        "desirable": boolean(take(record, "label"), "label"),
+        "reward": None if reward is None else number(reward, "reward"),
+    }
+
+
+def trl(record: dict) -> tuple[str, dict]:
+    """TRL preference (prompt/chosen/rejected) or unpaired (prompt/completion/label) data.
+
+    Plain text or conversational. A conversational chosen/rejected contributes its final
+    assistant message; the turns before it must agree between chosen and rejected and are
+    appended to the prompt (which may then be omitted: TRL's implicit-prompt form).
+    """
+    if "chosen" not in record and "rejected" not in record and ("completion" in record or "label" in record):
+        return _unpaired(record, "prompt")
+    chosen_raw, rejected_raw = take(record, "chosen"), take(record, "rejected")
+    implicit = isinstance(chosen_raw, list) and "prompt" not in record
+    head = [] if implicit else prompt_of(take(record, "prompt"), "prompt")
+    chosen_before, chosen = completion_of(chosen_raw, "chosen")
+    rejected_before, rejected = completion_of(rejected_raw, "rejected")
+    if chosen_before != rejected_before:
+        raise RecordError("prompt_mismatch", "chosen and rejected conversations differ before their final message")
+    return _pair(prompt(head + chosen_before, "prompt"), chosen, rejected, record)
+
+
+def kto(record: dict) -> tuple[str, dict]:
+    """KTO data: ``messages`` (the prompt) + ``completion`` + boolean ``label``."""
+    return _unpaired(record, "messages")
+
+
+def _hh_turns(transcript: str, column: str) -> list[dict]:
+    if not isinstance(transcript, str):
+        raise RecordError("wrong_dtype", f"column {column!r} has dtype {type(transcript).__name__}, expected string")
+    parts = _HH_TURN.split(transcript)
+    if parts[0].strip() or len(parts) < 3:
+        raise RecordError("malformed_transcript", f"{column!r} does not start with '\\n\\nHuman:'")
+    return [{"role": _HH_ROLE[who], "content": said.strip()} for who, said in zip(parts[1::2], parts[2::2])]
+
+
+def _hh_split(transcript: str, column: str) -> tuple[list[dict], str]:
+    turns = _hh_turns(transcript, column)
+    if turns[-1]["role"] != "assistant":
+        raise RecordError("not_assistant", f"{column!r} does not end with an Assistant turn")
+    if not turns[-1]["content"]:
+        raise RecordError("empty_completion", f"empty final Assistant turn in {column!r}")
+    for turn in turns[:-1]:
+        if not turn["content"]:
+            raise RecordError("empty_message", f"empty {turn['role']} turn in {column!r}")
+    return turns[:-1], turns[-1]["content"]
+
+
+def hh(record: dict) -> tuple[str, dict]:
+    """Anthropic HH-RLHF: two whole transcripts; the prompt is their shared turns before the
+    final Assistant turn (ending with a user turn), chosen/rejected are the final turns."""
+    chosen_before, chosen = _hh_split(take(record, "chosen"), "chosen")
+    rejected_before, rejected = _hh_split(take(record, "rejected"), "rejected")
+    if chosen_before != rejected_before:
+        raise RecordError("prompt_mismatch", "chosen and rejected transcripts differ before their final Assistant turn")
+    return _pair(prompt(chosen_before, "chosen"), chosen, rejected, record)
+
+
+def sharegpt(record: dict) -> tuple[str, dict]:
+    """ShareGPT pairs (LLaMA-Factory): ``conversations`` of {from, value} turns, optional
+    ``system`` text, and ``chosen``/``rejected`` {from: gpt, value} answers."""
+    turns = messages(take(record, "conversations"), "conversations", "from", "value")
+    system = take(record, "system", default="")
+    if system != "":
+        turns = [{"role": "system", "content": text(system, "system", "empty_message")}, *turns]
+    chosen_before, chosen = completion_of(take(record, "chosen"), "chosen")
+    rejected_before, rejected = completion_of(take(record, "rejected"), "rejected")
+    if chosen_before or rejected_before:
+        raise RecordError("wrong_dtype", "'chosen' and 'rejected' must each be one {from, value} answer")
+    return _pair(prompt(turns, "conversations"), chosen, rejected, record)

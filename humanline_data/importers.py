@@ -1,0 +1,225 @@
+"""``import``: outside data (JSON, JSON lines, gzip, Parquet; see :mod:`humanline_data.formats`)
+-> one new version of kind prompts, completions, scored, pairs or unpaired.
+
+The driver reads every source record, lets the format's reader turn it into a row, then fills
+the contract's bookkeeping columns:
+
+- ``prompt_id`` = :func:`humanline_data.schema.prompt_id` of the prompt messages;
+- ``source`` = ``<format>/<file name without suffixes>`` unless the record names one;
+- ``split`` (prompts, completions, scored) = ``split`` argument, else the record's ``split``,
+  else inferred from the file name (``train``; ``test``/``eval`` -> test; ``val``/``dev`` ->
+  validation), else an error asking for ``--split``;
+- ``sample_idx`` (completions, scored) = the record's, else 0, 1, ... per prompt in file order;
+- ``metadata`` = JSON object of the columns the reader did not use (merged with an incoming
+  ``metadata`` object), null when there are none.
+
+Prompt sets keep the first of repeated prompts (counted as skipped ``duplicate_prompt``).
+Any other bad record stops the import with ``file:line: <problem>``, or, with
+``skip_invalid``, is skipped and counted by reason in the manifest's ``stats.skipped``.
+Nothing is written unless the whole import succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib.metadata import version as package_version
+from collections import Counter
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+
+from humanline_data import store
+from humanline_data.errors import InputFormatError, SchemaError
+from humanline_data.formats import FORMATS, READERS, detect
+from humanline_data.formats.fields import RecordError
+from humanline_data.formats.sources import fingerprint, read_records, source_name
+from humanline_data.schema import SCHEMAS, prompt_id
+
+_SPLIT_WORDS = {
+    "train": "train",
+    "test": "test",
+    "eval": "test",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+}
+_CHUNK_ROWS = 20_000
+
+
+def infer_split(name: str) -> str | None:
+    """``train``/``test``/``validation`` from words of a file name (``gsm8k_test`` -> test), else None."""
+    for word in re.split(r"[^a-z0-9]+", name.lower()):
+        if word in _SPLIT_WORDS:
+            return _SPLIT_WORDS[word]
+    return None
+
+
+def _metadata(leftover: dict, extra: dict | None) -> str | None:
+    """JSON object of the unused columns, merged over an incoming ``metadata`` object."""
+    meta: dict = {}
+    inherited = leftover.pop("metadata", None)
+    if isinstance(inherited, str):
+        try:
+            inherited = json.loads(inherited)
+        except json.JSONDecodeError:
+            pass
+    if isinstance(inherited, dict):
+        meta.update(inherited)
+    elif inherited is not None:
+        meta["metadata"] = inherited
+    meta.update(extra or {})
+    meta.update(leftover)
+    return json.dumps(meta, ensure_ascii=False, default=str) if meta else None
+
+
+class _Rows:
+    """Accumulates converted rows of one kind as Arrow chunks, with the bookkeeping columns."""
+
+    def __init__(self, split: str | None, skip_invalid: bool) -> None:
+        self.split = split
+        self.skip_invalid = skip_invalid
+        self.kind: str | None = None
+        self.chunks: list[pa.Table] = []
+        self.pending: list[dict] = []
+        self.seen: set = set()
+        self.next_sample: Counter = Counter()
+        self.skipped: Counter = Counter()
+        self.without_answer = 0
+
+    def add(self, kind: str, row: dict, where: str, source: str, file_split: str | None) -> None:
+        if self.kind is None:
+            self.kind = kind
+        elif kind != self.kind:
+            raise InputFormatError(
+                f"{where}: a {kind} record among {self.kind} records (one import writes one kind); import them separately"
+            )
+        columns = SCHEMAS[kind].names
+        row["prompt_id"] = pid = prompt_id(row["messages"])
+        row.setdefault("source", source)
+        if "split" in columns:
+            row["split"] = self.split or row.get("split") or file_split
+            if row["split"] is None:
+                raise InputFormatError(f"{where}: cannot infer the split from the file name; pass --split")
+        if not self._admit(kind, row, pid, where):
+            return
+        if "answer" in columns and row.get("answer") is None:
+            self.without_answer += 1
+        self.pending.append(row)
+        if len(self.pending) >= _CHUNK_ROWS:
+            self.flush()
+
+    def _admit(self, kind: str, row: dict, pid: str, where: str) -> bool:
+        """Number samples and drop repeated prompts; False when the row is skipped."""
+        if kind == "prompts":
+            if pid in self.seen:
+                self.skipped["duplicate_prompt"] += 1
+                return False
+            self.seen.add(pid)
+        elif kind in ("completions", "scored"):
+            if row["sample_idx"] is None:
+                row["sample_idx"] = self.next_sample[pid]
+            key = (pid, row["sample_idx"])
+            if key in self.seen:
+                raise RecordError("duplicate_sample", f"duplicate prompt_id/sample_idx ({pid}, {row['sample_idx']})")
+            self.seen.add(key)
+            self.next_sample[pid] = max(self.next_sample[pid], row["sample_idx"] + 1)
+        return True
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        try:
+            self.chunks.append(pa.Table.from_pylist(self.pending, schema=SCHEMAS[self.kind]))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise SchemaError(f"{self.kind} rows: {exc}") from None
+        self.pending = []
+
+
+def _format_of(fmt: str, path: Path, first: tuple[str, dict] | None) -> str:
+    if fmt != "auto":
+        return fmt
+    if first is None:
+        raise InputFormatError(f"{path}: no records")
+    return detect(first[1], first[0])
+
+
+def import_sources(
+    sources: Iterable[str | Path],
+    out: str | Path,
+    fmt: str = "auto",
+    split: str | None = None,
+    limit: int | None = None,
+    skip_invalid: bool = False,
+) -> Path:
+    """Import ``sources`` (files or dataset versions) in ``fmt`` as the next version of ``out``.
+
+    ``limit`` caps the records read over all sources. Returns the new version's path. Raises
+    :class:`InputFormatError` / :class:`SchemaError` (one line, ``file:line`` where there is one).
+    """
+    if fmt not in FORMATS:
+        raise InputFormatError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    paths = [Path(s) for s in sources]
+    if not paths:
+        raise InputFormatError("no sources given")
+    for path in paths:
+        if not path.exists():
+            raise InputFormatError(f"{path}: source file not found")
+    rows = _Rows(split, skip_invalid)
+    read = 0
+    described = []
+    for path in paths:
+        if limit is not None and read >= limit:
+            break
+        records = read_records(path)
+        first = next(records, None)
+        path_fmt = _format_of(fmt, path, first)
+        name, file_split = f"{path_fmt}/{source_name(path)}", infer_split(source_name(path))
+        n = 0
+        for where, record in _chain(first, records):
+            if limit is not None and read >= limit:
+                break
+            read += 1
+            n += 1
+            _convert(path_fmt, where, record, name, file_split, rows)
+        described.append({**fingerprint(path), "format": path_fmt, "rows_read": n})
+    rows.flush()
+    written = sum(t.num_rows for t in rows.chunks)
+    skipped = dict(rows.skipped)
+    if not written:
+        raise InputFormatError(f"no rows to import from {', '.join(map(str, paths))} (read {read}, skipped {skipped})")
+    params = {"format": fmt, "split": split, "limit": limit, "skip_invalid": skip_invalid, "sources": described}
+    stats = {"rows_read": read, "rows_written": written, "skipped": skipped}
+    if "answer" in SCHEMAS[rows.kind].names:
+        stats["rows_without_answer"] = rows.without_answer
+    producer = {"name": "humanline_data.importers", "version": package_version("humanline")}
+    with store.write_version(out, rows.kind, params=params, producer=producer, stats=stats) as writer:
+        for chunk in rows.chunks:
+            writer.write(chunk)
+    return writer.path
+
+
+def _chain(first, records):
+    if first is not None:
+        yield first
+    yield from records
+
+
+def _convert(fmt: str, where: str, record: dict, source: str, file_split: str | None, rows: _Rows) -> None:
+    """Convert one record into ``rows``; bad records raise with ``where`` or are counted as skipped."""
+    leftover = dict(record)
+    try:
+        kind, row = READERS[fmt](leftover)
+        row["metadata"] = _metadata(leftover, row.pop("metadata", None))
+        rows.add(kind, row, where, source, file_split)
+    except RecordError as err:
+        if rows.skip_invalid:
+            rows.skipped[err.reason] += 1
+            return
+        if err.reason == "missing_column":
+            hint = f" (record has {', '.join(record)})"
+        else:
+            hint = "; --skip-invalid skips such records"
+        raise RecordError(err.reason, f"{where}: format {fmt}: {err}{hint}") from None
