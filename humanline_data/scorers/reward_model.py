@@ -36,14 +36,10 @@ class RewardModel(Scorer):
         path = resolve_model(model)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-        self.tokenizer.padding_side = "right"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForSequenceClassification.from_pretrained(
             path, dtype=torch.float32, trust_remote_code=True
         ).to(self.device).eval()
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        _agree_on_padding(self.tokenizer, self.model.config)
         self.producer = model_identity(path)
         self.identity = f"rm:{path.resolve().name}@{self.producer['model_sha256']}"
         self.params = {"model": str(path.resolve())}
@@ -57,6 +53,18 @@ class RewardModel(Scorer):
             output = self.model(**enc)
         rewards = _reward_column(output).float().cpu().tolist()
         return [(r, {"rm": r}) for r in rewards]
+
+
+def _agree_on_padding(tokenizer, config) -> None:
+    """Pad on the right with the token the model treats as padding (its config's, else the
+    tokenizer's pad or eos token), so the model pools at each row's last real token."""
+    tokenizer.padding_side = "right"
+    if config.pad_token_id is not None:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(config.pad_token_id)
+    else:
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        config.pad_token_id = tokenizer.pad_token_id
 
 
 def _reward_column(output):
