@@ -160,12 +160,13 @@ def conform(table: pa.Table, kind: str, where: str = "table") -> pa.Table:
             columns.append(pa.nulls(table.num_rows, field.type))
             continue
         col = table.column(field.name)
+        wrong = f"{where}: column {field.name!r} has dtype {col.type}, expected {field.type}"
+        if _is_text(col.type) and not _is_text(field.type):  # no parsing of numbers out of text
+            raise SchemaError(wrong)
         try:
             col = col.cast(field.type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-            raise SchemaError(
-                f"{where}: column {field.name!r} has dtype {col.type}, expected {field.type}"
-            ) from exc
+            raise SchemaError(wrong) from exc
         if not field.nullable and col.null_count:
             row = pc.index(pc.is_null(col), True).as_py()
             raise SchemaError(f"{where}: row {row}: column {field.name!r} is null")
@@ -173,6 +174,10 @@ def conform(table: pa.Table, kind: str, where: str = "table") -> pa.Table:
     out = pa.Table.from_arrays(columns, schema=schema)
     _check_values(out, kind, where)
     return out
+
+
+def _is_text(dtype: pa.DataType) -> bool:
+    return pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
 
 
 def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:

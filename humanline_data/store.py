@@ -178,6 +178,8 @@ class VersionWriter:
             self._flush(self.rows_per_file)
 
     def _flush(self, rows: int) -> None:
+        if not self._pending:  # a version with no rows still gets one (empty) part
+            self._pending = [SCHEMAS[self.kind].empty_table()]
         merged = pa.concat_tables(self._pending).combine_chunks()
         head, rest = merged.slice(0, rows), merged.slice(rows)
         self._pending = [rest] if rest.num_rows else []
