@@ -13,8 +13,8 @@ from humanline_data.store import read_manifest
 
 @click.command("import")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
-              help="Source format; auto detects it from the columns of the first record.")
+@click.option("--format", "fmt", default="auto", show_default=True,
+              help=f"Source format: {', '.join(FORMATS)} (auto: from the columns of each file's first record).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset to write: <root>/<name>.")
 @click.option("--split", default=None, help="Split of prompts/completions (default: from the record or file name).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Read at most N records in all.")
