@@ -1,0 +1,111 @@
+"""completion_logprobs against log_softmax of the full model logits, on the tiny random Llama."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from humanline_data.errors import HumanlineError
+from humanline_train.logprobs import completion_logprobs
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    m.eval()
+    return m
+
+
+def _batch(prompt_lengths=(3, 5, 2), completion_lengths=(4, 1, 6), pad_id=2, seed=0):
+    """Right-padded ids with per-row prompt/completion lengths; (input_ids, attention_mask, completion_mask)."""
+    g = torch.Generator().manual_seed(seed)
+    T = max(p + c for p, c in zip(prompt_lengths, completion_lengths)) + 1
+    B = len(prompt_lengths)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    attention = torch.zeros(B, T, dtype=torch.long)
+    completion = torch.zeros(B, T, dtype=torch.bool)
+    for b, (p, c) in enumerate(zip(prompt_lengths, completion_lengths)):
+        input_ids[b, : p + c] = torch.randint(3, 49152, (p + c,), generator=g)
+        attention[b, : p + c] = 1
+        completion[b, p : p + c] = True
+    return input_ids, attention, completion
+
+
+def _reference_logps(model, input_ids, attention, completion):
+    """log_softmax (float64) of the full logits, gathered at the labels with explicit loops."""
+    logp = torch.log_softmax(model(input_ids=input_ids, attention_mask=attention).logits.double(), -1)
+    rows = []
+    for b in range(input_ids.shape[0]):
+        row = []
+        for t in range(input_ids.shape[1]):
+            row.append(logp[b, t - 1, input_ids[b, t]] if completion[b, t] else logp.new_zeros(()))
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("chunk_tokens,recompute", [(4096, True), (3, True), (2, False)])
+def test_values_equal_full_log_softmax(model, chunk_tokens, recompute):
+    batch = _batch()
+    with torch.no_grad():
+        want = _reference_logps(model, *batch)
+    got = completion_logprobs(model, *batch, chunk_tokens=chunk_tokens, recompute=recompute)
+    assert got.dtype == torch.float32 and got.shape == batch[0].shape
+    torch.testing.assert_close(got.detach().double(), want, atol=1e-5, rtol=1e-5)
+    assert torch.all(got[~batch[2]] == 0)
+
+
+@pytest.mark.parametrize("chunk_tokens,recompute", [(4096, True), (3, True), (2, False)])
+def test_gradients_equal_full_log_softmax(tiny_model, chunk_tokens, recompute):
+    """In float64 so that summation order (chunking) cannot hide a real difference."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float64).eval()
+    batch = _batch(seed=2)
+    weights = torch.randn(batch[0].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    model.zero_grad()
+    (_reference_logps(model, *batch) * weights).sum().backward()
+    want_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    got = completion_logprobs(model, *batch, chunk_tokens=chunk_tokens, recompute=recompute)
+    (got * weights).sum().backward()
+    for (name, p), want in zip(model.named_parameters(), want_grads):
+        torch.testing.assert_close(p.grad, want, atol=1e-10, rtol=1e-8, msg=lambda m: f"gradient of {name}: {m}")
+    # tied LM head: the embedding gradient holds both the input and the head contributions
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+def test_no_grad_reference_and_row_independence(model):
+    """Under no_grad nothing tracks gradient; a row's values do not depend on the other rows."""
+    batch = _batch(prompt_lengths=(4, 2), completion_lengths=(3, 7), seed=3)
+    with torch.no_grad():
+        both = completion_logprobs(model, *batch)
+        alone = completion_logprobs(model, *(x[:1, :7] for x in batch))
+    assert not both.requires_grad
+    torch.testing.assert_close(both[0, :7], alone[0], atol=1e-5, rtol=1e-5)
+    assert torch.all(both[0, 7:] == 0)
+
+
+def test_gradient_checkpointed_model_gives_the_same_gradients(tiny_model):
+    batch = _batch(seed=4)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        m = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+        if checkpointing:
+            m.gradient_checkpointing_enable()
+        m.train()
+        completion_logprobs(m, *batch, chunk_tokens=4).sum().backward()
+        grads.append([p.grad for p in m.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_bad_inputs_are_one_line_errors(model):
+    ids, attention, completion = _batch()
+    with pytest.raises(HumanlineError, match="same \\[B, T\\] shape"):
+        completion_logprobs(model, ids, attention[:, :-1], completion)
+    completion = completion.clone()
+    completion[0, 0] = True
+    with pytest.raises(HumanlineError, match="position 0"):
+        completion_logprobs(model, ids, attention, completion)
