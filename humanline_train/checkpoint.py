@@ -1,0 +1,158 @@
+"""Run directories, atomic checkpoints and resume.
+
+Layout of ``RUN_DIR``::
+
+    settings.json            the run's settings (a resume must match them)
+    metrics.jsonl            one JSON object per optimizer step
+    refreshes.json           online runs: the shard version each refresh round trained on
+    checkpoints/step-N/      after N optimizer steps: an HF model folder (config, safetensors,
+                             tokenizer; LoRA runs save the merged weights) plus
+      trainer_state.pt       optimizer, scheduler, RNG states (python, numpy, torch), data
+                             position, step, LoRA adapter weights
+      reference.pt           reference state: synced weights (copy) or cached look-ahead
+                             log-probs (lookahead) or the disk cache's path (cached)
+
+A checkpoint is written into ``checkpoints/.tmp-<uuid>`` and renamed into place, so a killed
+run leaves only whole checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from humanline_data.errors import HumanlineError
+
+SETTINGS = "settings.json"
+METRICS = "metrics.jsonl"
+REFRESHES = "refreshes.json"
+TRAINER_STATE = "trainer_state.pt"
+REFERENCE_STATE = "reference.pt"
+_STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+class RunDirError(HumanlineError):
+    """--out/--resume does not name a run directory that can be used."""
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """Refuse to start a fresh run in a directory that already holds something."""
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise RunDirError(f"{run_dir} already exists and is not empty; pass --resume {run_dir} or another --out")
+
+
+def check_resume(run_dir: Path, settings: dict) -> Path:
+    """The latest checkpoint of ``run_dir`` after checking its settings equal ``settings``."""
+    try:
+        saved = json.loads((run_dir / SETTINGS).read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"--resume {run_dir}: not a run directory (no {SETTINGS})") from None
+    differ = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+    if differ:
+        what = ", ".join(f"{k}: run has {saved.get(k)!r}, now {settings.get(k)!r}" for k in differ)
+        raise RunDirError(f"--resume {run_dir}: settings differ from the run's ({what})")
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        raise RunDirError(f"--resume {run_dir}: no checkpoint to resume from")
+    return latest
+
+
+def start_run_dir(run_dir: Path, settings: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / SETTINGS, json.dumps(settings, indent=2, sort_keys=True))
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step-{step}"
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = [(int(m.group(1)), p) for p in (run_dir / "checkpoints").glob("step-*") if (m := _STEP_RE.match(p.name))]
+    found = [(n, p) for n, p in found if (p / TRAINER_STATE).is_file()]
+    return max(found)[1] if found else None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_policy(policy: torch.nn.Module, tokenizer, target: Path) -> None:
+    """Save ``policy`` as an HF folder (LoRA adapters merged into a copy) with its tokenizer."""
+    model = policy
+    if hasattr(policy, "merge_and_unload"):  # peft
+        model = copy.deepcopy(policy).merge_and_unload()
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def save(run_dir: Path, step: int, policy: torch.nn.Module, tokenizer, state: dict, reference_state: dict) -> Path:
+    """Write ``checkpoints/step-<step>`` atomically (replacing one of the same step); return it."""
+    target = checkpoint_dir(run_dir, step)
+    tmp = target.parent / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir(parents=True)
+    try:
+        save_policy(policy, tokenizer, tmp)
+        torch.save({**state, "rng": rng_state()}, tmp / TRAINER_STATE)
+        torch.save(reference_state, tmp / REFERENCE_STATE)
+        if target.exists():
+            old = target.parent / f".old-{uuid.uuid4().hex}"
+            os.rename(target, old)
+            os.rename(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load(checkpoint: Path) -> tuple[dict, dict]:
+    """(trainer state, reference state) of a checkpoint, on the CPU."""
+    state = torch.load(checkpoint / TRAINER_STATE, map_location="cpu", weights_only=False)
+    reference = torch.load(checkpoint / REFERENCE_STATE, map_location="cpu", weights_only=False)
+    return state, reference
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Keep only metrics of the first ``step`` steps (a resumed run re-logs the rest)."""
+    path = run_dir / METRICS
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        write_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def read_refreshes(run_dir: Path) -> dict[int, str]:
+    path = run_dir / REFRESHES
+    return {int(k): v for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
+
+
+def record_refresh(run_dir: Path, round_index: int, shard: Path) -> None:
+    rounds = read_refreshes(run_dir)
+    rounds[round_index] = str(shard)
+    write_atomic(run_dir / REFRESHES, json.dumps({str(k): v for k, v in sorted(rounds.items())}, indent=2))
