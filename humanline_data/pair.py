@@ -18,8 +18,9 @@ Dropped prompts are counted by reason in the manifest's ``stats``. Output rows f
 in which prompts first appear in the input.
 
 The selection (which rows, group order, advantages) is computed by polars on the small columns
-(prompt_id, sample_idx, reward); text columns are then gathered with Arrow ``take``, so long
-completions never pass through Python objects.
+(prompt_id, sample_idx, reward); the selected rows' text columns are then read part by part and
+gathered with Arrow ``take``, so long completions never pass through Python objects and memory
+holds one input part plus the output, not the whole input.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from humanline_data.errors import HumanlineError
-from humanline_data.store import open_version, write_version
+from humanline_data.schema import SCHEMAS
+from humanline_data.store import Version, open_version, write_version
 
 MODES = ("pairs", "groups", "unpaired")
 ADVANTAGE_EPS = 0.01  # SPEC §2: added to the group's population std
@@ -57,21 +60,38 @@ def build(
     """
     _check_args(mode, threshold, min_group_size)
     version = open_version(inp, kinds=("scored",))
-    table = version.read(columns=_INPUT_COLUMNS).combine_chunks()
-    keys = pl.from_arrow(table.select(["prompt_id", "sample_idx", "reward"])).with_row_index("row")
+    keys = pl.from_arrow(version.read(columns=["prompt_id", "sample_idx", "reward"])).with_row_index("row")
     if mode == "groups":
-        rows, stats = _groups(table, keys, min_group_size, keep_flat)
+        rows, stats = _groups(version, keys, min_group_size, keep_flat)
         params = {"mode": mode, "min_group_size": min_group_size, "keep_flat": keep_flat}
     else:
         chosen, rejected, stats = _select_pairs(keys, threshold)
-        rows = _pairs(table, chosen, rejected) if mode == "pairs" else _unpaired(table, chosen, rejected)
+        rows = _pairs(version, chosen, rejected) if mode == "pairs" else _unpaired(version, chosen, rejected)
         params = {"mode": mode, "threshold": threshold}
-    stats = {"input_rows": table.num_rows, "output_rows": rows.num_rows, **stats}
+    stats = {"input_rows": keys.height, "output_rows": rows.num_rows, **stats}
     with write_version(
         out, mode, params=params, parents=[version.parent_ref()], producer={"stage": "pair"}, stats=stats
     ) as writer:
         writer.write(rows)
     return writer.path
+
+
+def _read_rows(version: Version, rows: np.ndarray) -> pa.Table:
+    """The input columns of ``version``'s rows numbered ``rows`` (in that order, repeats allowed).
+
+    Reads one part at a time and keeps only the rows asked for, so memory holds one part's text
+    plus the selection, not the whole version.
+    """
+    wanted = np.unique(rows)
+    pieces, start = [], 0
+    for part, entry in zip(version.files, version.manifest["files"]):
+        local = wanted[(wanted >= start) & (wanted < start + entry["rows"])] - start
+        if len(local):
+            pieces.append(pq.read_table(part, columns=_INPUT_COLUMNS).take(local))
+        start += entry["rows"]
+    if not pieces:
+        return SCHEMAS["scored"].empty_table().select(_INPUT_COLUMNS)
+    return pa.concat_tables(pieces).take(np.searchsorted(wanted, rows))
 
 
 def _check_args(mode: str, threshold: float, min_group_size: int) -> None:
@@ -109,14 +129,15 @@ def _select_pairs(keys: pl.DataFrame, threshold: float) -> tuple[np.ndarray, np.
     return kept["chosen"].to_numpy(), kept["rejected"].to_numpy(), stats
 
 
-def _pairs(table: pa.Table, chosen: np.ndarray, rejected: np.ndarray) -> pa.Table:
-    head = table.take(chosen)
-    rejected_reward = table.column("reward").take(rejected)
+def _pairs(version: Version, chosen: np.ndarray, rejected: np.ndarray) -> pa.Table:
+    both = _read_rows(version, np.concatenate([chosen, rejected]))
+    head, tail = both.slice(0, len(chosen)), both.slice(len(chosen))
+    rejected_reward = tail.column("reward")
     return pa.table(
         {
             **{name: head.column(name) for name in _PROMPT_COLUMNS},
             "chosen": head.column("completion"),
-            "rejected": table.column("completion").take(rejected),
+            "rejected": tail.column("completion"),
             "chosen_reward": head.column("reward"),
             "rejected_reward": rejected_reward,
             "margin": pc.subtract(head.column("reward"), rejected_reward),
@@ -125,10 +146,10 @@ def _pairs(table: pa.Table, chosen: np.ndarray, rejected: np.ndarray) -> pa.Tabl
     )
 
 
-def _unpaired(table: pa.Table, chosen: np.ndarray, rejected: np.ndarray) -> pa.Table:
+def _unpaired(version: Version, chosen: np.ndarray, rejected: np.ndarray) -> pa.Table:
     order = np.empty(2 * len(chosen), dtype=np.int64)
     order[0::2], order[1::2] = chosen, rejected
-    rows = table.take(order)
+    rows = _read_rows(version, order)
     return pa.table(
         {
             **{name: rows.column(name) for name in _PROMPT_COLUMNS},
@@ -140,7 +161,7 @@ def _unpaired(table: pa.Table, chosen: np.ndarray, rejected: np.ndarray) -> pa.T
     )
 
 
-def _groups(table: pa.Table, keys: pl.DataFrame, min_group_size: int, keep_flat: bool) -> tuple[pa.Table, dict]:
+def _groups(version: Version, keys: pl.DataFrame, min_group_size: int, keep_flat: bool) -> tuple[pa.Table, dict]:
     """One row per kept prompt: completions, rewards and advantages in ``sample_idx`` order."""
     by_prompt = pl.col("prompt_id")
     sized = keys.with_columns(
@@ -156,8 +177,8 @@ def _groups(table: pa.Table, keys: pl.DataFrame, min_group_size: int, keep_flat:
     )
     sizes = kept.group_by("first_row", maintain_order=True).len()["len"].to_numpy()
     offsets = pa.array(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32))
-    rows = kept["row"].to_numpy()
-    head = table.take(rows[offsets.to_numpy()[:-1]])
+    table = _read_rows(version, kept["row"].to_numpy())
+    head = table.take(offsets.to_numpy()[:-1])
 
     def listed(values: pa.Array) -> pa.ListArray:
         return pa.ListArray.from_arrays(offsets, values)
@@ -165,7 +186,7 @@ def _groups(table: pa.Table, keys: pl.DataFrame, min_group_size: int, keep_flat:
     groups = pa.table(
         {
             **{name: head.column(name) for name in _PROMPT_COLUMNS},
-            "completions": listed(table.column("completion").take(rows).combine_chunks()),
+            "completions": listed(table.column("completion").combine_chunks()),
             "rewards": listed(pa.array(kept["reward"].to_numpy(), pa.float64())),
             "advantages": listed(pa.array(kept["advantage"].to_numpy(), pa.float64())),
             "metadata": head.column("metadata"),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from humanline_data.schema import prompt_id
+from humanline_data.schema import SCHEMAS, prompt_id
 from humanline_data.store import write_version
 
 # Reward patterns by problem number mod 8: sample i gets pattern[i]. Sample 0 is the problem's own
@@ -73,8 +73,8 @@ def _row(messages, completion, sample_idx, reward, source, split, answer=None, m
     }
 
 
-def write_scored(out: Path, rows: list[dict]) -> Path:
-    """Write ``rows`` as the next ``scored`` version of ``out``; return its path."""
-    with write_version(out, "scored", params={"test": True}) as w:
-        w.write(pa.Table.from_pylist(rows))
+def write_scored(out: Path, rows: list[dict], rows_per_file: int = 250_000) -> Path:
+    """Write ``rows`` as the next ``scored`` version of ``out`` (parts of ``rows_per_file``); return its path."""
+    with write_version(out, "scored", params={"test": True}, rows_per_file=rows_per_file) as w:
+        w.write(pa.Table.from_pylist(rows, schema=SCHEMAS["scored"]))
     return w.path

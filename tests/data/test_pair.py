@@ -144,6 +144,27 @@ def test_unpaired_splits_each_pair(scored, tmp_path):
         assert (bad["completion"], bad["desirable"], bad["reward"]) == (worst["completion"], False, worst["reward"])
 
 
+@pytest.mark.parametrize("mode", ["pairs", "groups", "unpaired"])
+def test_input_split_in_many_parts_gives_the_same_rows(scored, tmp_path, mode):
+    rows, version = scored
+    shuffled = rows[1::2] + rows[0::2]  # a prompt's samples end up in different parts
+    parted = write_scored(tmp_path / "scored", shuffled, rows_per_file=37)
+    assert len(list(parted.glob("part-*.parquet"))) == 6
+    one = open_version(build(version, tmp_path / "one", mode=mode)).read().to_pylist()
+    many = open_version(build(parted, tmp_path / "many", mode=mode)).read().to_pylist()
+    key = lambda r: (r["prompt_id"], r.get("desirable"))  # noqa: E731
+    assert sorted(many, key=key) == sorted(one, key=key)
+
+
+def test_empty_input_gives_an_empty_version(tmp_path):
+    empty = write_scored(tmp_path / "scored", [])
+    for mode in ("pairs", "groups", "unpaired"):
+        out = build(empty, tmp_path / mode, mode=mode)
+        assert open_version(out, kinds=(mode,)).read().num_rows == 0
+        assert read_manifest(out)["stats"]["dropped"] in ({"single_sample": 0, "gap_at_most_threshold": 0},
+                                                          {"below_min_group_size": 0, "flat": 0})
+
+
 def test_wrong_kind_is_one_line_and_writes_nothing(scored, tmp_path):
     rows, _ = scored
     completions = pa.Table.from_pylist(rows).drop_columns(["reward", "scorer"])
