@@ -16,6 +16,7 @@ kto            unpaired    messages, completion, label
 math           prompts     problem, answer
 gsm8k          prompts     question, answer (final answer after ``#### ``)
 alpaca         prompts     instruction, [input]
+prompts        prompts     prompt | messages, [answer]
 completions    completions prompt | messages | instruction, completion | output, [reward...]
 =============  ==========  ==============================================================
 """
@@ -27,7 +28,7 @@ from typing import Callable
 from humanline_data.errors import InputFormatError
 from humanline_data.formats.completions import completions
 from humanline_data.formats.preferences import hh, kto, sharegpt, trl
-from humanline_data.formats.problems import alpaca, gsm8k, math
+from humanline_data.formats.problems import alpaca, gsm8k, math, prompts
 
 Reader = Callable[[dict], tuple[str, dict]]
 
@@ -39,6 +40,7 @@ READERS: dict[str, Reader] = {
     "math": math,
     "gsm8k": gsm8k,
     "alpaca": alpaca,
+    "prompts": prompts,
     "completions": completions,
 }
 FORMATS = ("auto", *READERS)
@@ -64,6 +66,8 @@ def detect(record: dict, where: str) -> str:
         return "gsm8k"
     if "instruction" in cols:
         return "alpaca"
+    if cols & {"prompt", "messages"}:
+        return "prompts"
     raise InputFormatError(
         f"{where}: cannot detect the format from columns {', '.join(sorted(cols))}; "
         f"pass --format ({', '.join(READERS)})"

@@ -15,34 +15,22 @@ from __future__ import annotations
 import json
 
 from humanline_data.formats.fields import (
-    RecordError,
+    carry_bookkeeping,
     completion_of,
     integer,
     number,
     optional_text,
     prompt,
-    prompt_of,
     take,
 )
-from humanline_data.formats.problems import instruction_prompt
+from humanline_data.formats.problems import any_prompt
 
 # Columns of this project's completions that pass through unchanged when present.
 _SAMPLING = ("temperature", "top_p", "max_new_tokens", "seed", "logprob_sum")
 
 
-def _prompt(record: dict) -> list[dict]:
-    if "messages" in record:
-        return prompt_of(take(record, "messages"), "messages")
-    if "prompt" in record:
-        return prompt_of(take(record, "prompt"), "prompt")
-    if "instruction" in record:
-        return instruction_prompt(record)
-    raise RecordError("missing_column", "missing required column 'prompt' or 'messages' or 'instruction'")
-
-
 def completions(record: dict) -> tuple[str, dict]:
-    record.pop("prompt_id", None)  # recomputed from the messages
-    head = _prompt(record)
+    head = any_prompt(record)
     before, completion = completion_of(take(record, "completion", "output"), "completion")
     sample_idx = take(record, "sample_idx", default=None)
     tokens = take(record, "completion_tokens", default=-1)
@@ -56,9 +44,7 @@ def completions(record: dict) -> tuple[str, dict]:
         "finish_reason": optional_text(take(record, "finish_reason", default=None), "finish_reason") or "unknown",
         **{name: take(record, name, default=None) for name in _SAMPLING},
     }
-    for name in ("source", "split"):
-        if record.get(name) is not None:
-            row[name] = optional_text(take(record, name), name)
+    carry_bookkeeping(record, row)
     if record.get("reward") is None:
         record.pop("reward", None)
         return "completions", row

@@ -145,3 +145,13 @@ def completion_of(value: Any, column: str) -> tuple[list[dict], str]:
     if msgs[-1]["role"] != "assistant":
         raise RecordError("not_assistant", f"final message of {column!r} is a {msgs[-1]['role']} turn, expected assistant")
     return msgs[:-1], msgs[-1]["content"]
+
+
+def carry_bookkeeping(record: dict, row: dict) -> dict:
+    """Move a record's own ``source``/``split`` into ``row`` and drop its ``prompt_id`` (it is
+    recomputed), so versions of this project import again unchanged."""
+    record.pop("prompt_id", None)
+    for name in ("source", "split"):
+        if record.get(name) is not None:
+            row[name] = optional_text(take(record, name), name)
+    return row

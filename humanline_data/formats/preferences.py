@@ -83,6 +83,8 @@ def kto(record: dict) -> tuple[str, dict]:
 def _hh_turns(transcript: str, column: str) -> list[dict]:
     if not isinstance(transcript, str):
         raise RecordError("wrong_dtype", f"column {column!r} has dtype {type(transcript).__name__}, expected string")
+    if transcript.startswith("Human:"):  # some copies drop the leading blank line
+        transcript = "\n\n" + transcript
     parts = _HH_TURN.split(transcript)
     if parts[0].strip() or len(parts) < 3:
         raise RecordError("malformed_transcript", f"{column!r} does not start with '\\n\\nHuman:'")

@@ -1,9 +1,10 @@
-"""Readers for prompt sets: MATH (problem/answer), GSM8K (question/answer with ``#### ``) and
-AlpacaEval-style instructions (instruction [+ input]). Each returns ``("prompts", row)``."""
+"""Readers for prompt sets: MATH (problem/answer), GSM8K (question/answer with ``#### ``),
+AlpacaEval-style instructions (instruction [+ input]) and generic prompts (prompt | messages
+[+ answer]). Each returns ``("prompts", row)``."""
 
 from __future__ import annotations
 
-from humanline_data.formats.fields import RecordError, optional_text, take, text
+from humanline_data.formats.fields import RecordError, carry_bookkeeping, optional_text, prompt_of, take, text
 
 GSM8K_MARK = "####"
 
@@ -49,3 +50,21 @@ def alpaca(record: dict) -> tuple[str, dict]:
     """Instructions (AlpacaEval, Alpaca): ``instruction`` [+ ``input``] -> prompts without answer.
     Other columns (``output``, ``generator``, ``dataset`` ...) stay in metadata."""
     return "prompts", {"messages": instruction_prompt(record), "answer": None}
+
+
+def any_prompt(record: dict) -> list[dict]:
+    """Prompt messages from ``messages``, ``prompt`` (text or messages) or ``instruction`` [+ ``input``]."""
+    for column in ("messages", "prompt"):
+        if column in record:
+            return prompt_of(take(record, column), column)
+    if "instruction" in record:
+        return instruction_prompt(record)
+    raise RecordError("missing_column", "missing required column 'prompt' or 'messages' or 'instruction'")
+
+
+def prompts(record: dict) -> tuple[str, dict]:
+    """Generic prompts: ``prompt`` (text or messages) or ``messages``, optional ``answer``,
+    ``source`` and ``split`` (so this project's own prompt versions import again)."""
+    row = {"messages": any_prompt(record), "answer": optional_text(take(record, "answer", default=None), "answer")}
+    carry_bookkeeping(record, row)
+    return "prompts", row

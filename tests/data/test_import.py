@@ -108,7 +108,7 @@ def test_sharegpt_pairs_with_system_and_roles(tmp_path):
 
 
 def test_hh_transcripts(tmp_path):
-    head = "\n\nHuman: Hi there\n\nAssistant: Hello.\n\nHuman: Tell me a secret"
+    head = "Human: Hi there\n\nAssistant: Hello.\n\nHuman: Tell me a secret"
     src = jsonl(tmp_path / "hh_train.jsonl", [{"chosen": head + "\n\nAssistant: I can't.", "rejected": head + "\n\nAssistant: OK: 42"}])
     [row] = rows(imported(src, "--out", tmp_path / "hh"))
     assert row["messages"] == [
@@ -130,6 +130,18 @@ def test_math_gsm8k_and_alpaca_prompts(tmp_path):
     assert (gr["answer"], gr["split"], json.loads(gr["metadata"])) == ("1200", "test", {"solution": "3*4=<<3*4=12>>12"})
     ar = rows(imported(a, "--format", "alpaca", "--split", "eval", "--out", tmp_path / "a"))
     assert [r["messages"][0]["content"] for r in ar] == ["Translate\n\nbonjour", "Hi"] and ar[0]["split"] == "eval"
+
+
+def test_generic_prompts_and_prompt_versions_import_again(tmp_path):
+    src = jsonl(tmp_path / "mine.jsonl", [
+        {"prompt": "Q1", "answer": "1", "topic": "a"},
+        {"messages": [{"role": "system", "content": "S"}, *user("Q2")]},
+    ])
+    first = imported(src, "--split", "train", "--out", tmp_path / "p")
+    assert first.manifest["params"]["sources"][0]["format"] == "prompts"
+    assert [(r["answer"], len(r["messages"]), r["source"]) for r in rows(first)] == [("1", 1, "prompts/mine"), (None, 2, "prompts/mine")]
+    again = imported(first.path, "--out", tmp_path / "p2")
+    assert rows(again) == rows(first)
 
 
 def test_completions_number_samples_and_rewards_make_scored(tmp_path):
@@ -226,7 +238,7 @@ GOOD = [{"prompt": "Q", "completion": "A", "reward": 1.0}]
          r"bad_train\.jsonl:1: format kto: column 'label' has dtype str, expected boolean"),
         ('{"question": "Q", "answer": "42"}\n', [], r"bad_train\.jsonl:1: format gsm8k: 'answer' has no final answer after '####'"),
         ('{"chosen": "Human: hi\\n\\nAssistant: a", "rejected": "x"}\n', ["--format", "hh"],
-         r"bad_train\.jsonl:1: format hh: 'chosen' does not start with"),
+         r"bad_train\.jsonl:1: format hh: 'rejected' does not start with"),
         ('{"prompt": "Q", "completion": "A", "reward": 1}\n{"prompt": "R", "completion": "B"}\n', [],
          r"bad_train\.jsonl:2: a completions record among scored records"),
         ('{"prompt": "Q", "completion": "A"}\n', ["--format", "nope"], r"unknown format 'nope'"),
