@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The main job, end to end on the embedded default (SmolLM2-135M-Instruct, bundled GSM8K slice, CPU):
+#   import -> generate -> score (math verifier) -> pair -> inspect -> eval before
+#   -> humanline DPO on the shards -> eval after.
+# Everything lands under $RUN (default runs/main). Sizes can be shrunk with the env vars below.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+RUN="${RUN:-runs/main}"
+PROMPTS="${PROMPTS:-48}"        # training prompts sampled from the bundled slice
+SAMPLES="${SAMPLES:-4}"         # completions per prompt
+EVAL="${EVAL:-50}"              # held-out problems for pass@1
+STEPS="${STEPS:-24}"            # optimizer steps of humanline DPO
+MAXTOK="${MAXTOK:-256}"         # max new tokens when sampling
+MODEL=smollm2-135m-instruct
+DATA="$RUN/data"
+mkdir -p "$RUN"
+BUNDLED="$(python -c 'from humanline_data import bundled; print(bundled.path("gsm8k_train.jsonl"))')"
+HELDOUT="$(python -c 'from humanline_data import bundled; print(bundled.path("gsm8k_test.jsonl"))')"
+
+step() { echo; echo "== $*" >&2; }
+last() { tail -n 1; }
+
+step "import bundled GSM8K slices"
+TRAIN_P=$(humanline-data import "$BUNDLED" --format gsm8k --split train --limit "$PROMPTS" --out "$DATA/prompts" | last)
+TEST_P=$(humanline-data import "$HELDOUT" --format gsm8k --split test --limit "$EVAL" --out "$DATA/heldout" | last)
+
+step "generate $SAMPLES samples per prompt with $MODEL"
+COMP=$(humanline-data generate "$TRAIN_P" --model "$MODEL" --n "$SAMPLES" --temperature 0.7 --top-p 0.95 \
+  --max-new-tokens "$MAXTOK" --seed 0 --out "$DATA/completions" | last)
+
+step "score with the math verifier"
+SCORED=$(humanline-data score "$COMP" --scorer math --out "$DATA/scored" | last)
+
+step "build pairs (threshold 0.01)"
+PAIRS=$(humanline-data pair "$SCORED" --mode pairs --threshold 0.01 --out "$DATA/pairs" | last)
+
+step "inspect"
+humanline-data inspect "$SCORED" | tee "$RUN/inspect_scored.txt" >&2
+humanline-data inspect "$PAIRS" | tee "$RUN/inspect_pairs.txt" >&2
+
+step "held-out pass@1 before training"
+humanline-train eval --model "$MODEL" --prompts "$TEST_P" --scorer math --max-new-tokens "$MAXTOK" \
+  --out "$RUN/eval_before.json" >&2
+
+step "train humanline DPO ($STEPS steps, sync every step, clip [-1.5, 1.5])"
+TRAIN=$(humanline-train --shards "$PAIRS" --loss dpo --model "$MODEL" --out "$RUN/train" --sync-k 1 \
+  --max-steps "$STEPS" --batch-size 2 --lr 5e-6 --max-length 512 --seed 0 | last)
+
+step "held-out pass@1 after training"
+humanline-train eval --model "$TRAIN/final" --prompts "$TEST_P" --scorer math --max-new-tokens "$MAXTOK" \
+  --out "$RUN/eval_after.json" >&2
+humanline-train plot "$TRAIN" --out "$RUN/train_curves.png" >&2
+python - "$RUN" <<'PY'
+import json, sys
+run = sys.argv[1]
+b, a = (json.load(open(f"{run}/eval_{w}.json")) for w in ("before", "after"))
+print(f"held-out pass@1: before {b['pass@1']:.3f} ± {b['stderr']:.3f}  after {a['pass@1']:.3f} ± {a['stderr']:.3f}")
+PY
+echo "$RUN"
