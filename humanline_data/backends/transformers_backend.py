@@ -1,0 +1,140 @@
+"""Sampling with transformers: batched, left-padded ``model.generate`` in float32.
+
+Every sequence (prompt ``i`` x sample ``j``) draws its random numbers from its own
+``torch.Generator`` seeded with ``seeds[i][j]``, so a sample does not depend on which other
+sequences share its batch. This is done by :class:`SeededSampler`, a logits processor that
+applies temperature and top-p, samples one token per row by inverse-CDF with the row's generator,
+adds that token's log-prob to the row's running sum, and hands ``generate`` a one-hot score
+row so that its greedy selection picks exactly the sampled token.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from humanline_data.backends import GenerationError, Sample, SamplingParams, prompt_token_ids
+
+
+NUCLEUS_CANDIDATES = 512  # tokens sorted first when cutting the top-p nucleus
+
+
+class SeededSampler:
+    """Logits processor: per-row seeded sampling with temperature / top-p (temperature 0 =
+    argmax). After generation, ``logprob_sum[r]`` (float32 tensor, shape [rows]) holds the sum
+    of row ``r``'s sampled-token log-probs up to and including its first eos."""
+
+    def __init__(self, seeds: list[int], params: SamplingParams, eos_ids: list[int]) -> None:
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature = params.temperature
+        self.top_p = params.top_p
+        self.eos_ids = torch.tensor(eos_ids)
+        self.logprob_sum = torch.zeros(len(seeds), dtype=torch.float32)
+        self.done = torch.zeros(len(seeds), dtype=torch.bool)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.float()
+        if self.temperature == 0:
+            logp = torch.log_softmax(scores, dim=-1)
+            tokens = scores.argmax(dim=-1)
+        else:
+            logp = torch.log_softmax(self._nucleus(scores / self.temperature), dim=-1)
+            probs = logp.exp()
+            cdf = probs.cumsum(dim=-1)
+            u = torch.cat([torch.rand(1, generator=g) for g in self.generators])
+            u = u * cdf[:, -1]  # keep u inside the cdf despite rounding
+            tokens = torch.searchsorted(cdf, u[:, None]).squeeze(1).clamp_(max=scores.shape[-1] - 1)
+        chosen = logp.gather(1, tokens[:, None]).squeeze(1)
+        self.logprob_sum += torch.where(self.done, torch.zeros_like(chosen), chosen)
+        self.done |= torch.isin(tokens, self.eos_ids)
+        onehot = torch.full_like(scores, float("-inf"))
+        onehot.scatter_(1, tokens[:, None], 0.0)
+        return onehot
+
+    def _nucleus(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` with every token outside the top-p nucleus (the fewest most likely tokens
+        whose probability reaches ``top_p``) set to -inf; the most likely token is always kept.
+        Sorts only the top :data:`NUCLEUS_CANDIDATES` tokens unless some row's nucleus is wider."""
+        if self.top_p >= 1.0:
+            return logits
+        probs = logits.softmax(dim=-1)
+        top, order = probs.topk(min(NUCLEUS_CANDIDATES, probs.shape[-1]), dim=-1)
+        if bool((top.sum(dim=-1) < self.top_p).any()):
+            top, order = probs.sort(dim=-1, descending=True)
+        keep_sorted = top.cumsum(dim=-1) - top < self.top_p
+        keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, order, keep_sorted)
+        return logits.masked_fill(~keep, float("-inf"))
+
+
+class TransformersBackend:
+    """Loads ``model`` (a local HF folder) on CPU in float32 and samples with ``generate``."""
+
+    name = "transformers"
+
+    def __init__(self, model: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.path = Path(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32).eval()
+        self.eos_ids = _eos_ids(self.tokenizer, self.model.generation_config)
+        if not self.eos_ids:
+            raise GenerationError(f"model {self.path}: no eos token in the tokenizer or generation config")
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.eos_ids[0]
+
+    def versions(self) -> dict[str, str]:
+        import transformers
+
+        return {"transformers": transformers.__version__, "torch": torch.__version__}
+
+    @torch.inference_mode()
+    def generate(
+        self, prompts: list[list[dict]], seeds: list[list[int]], params: SamplingParams
+    ) -> list[list[Sample]]:
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        ids = prompt_token_ids(self.tokenizer, prompts, self.path)
+        rows = [(ids[i], s) for i in range(len(prompts)) for s in seeds[i]]
+        if not rows:
+            return [[] for _ in prompts]
+        width = max(len(r[0]) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, (toks, _) in enumerate(rows):
+            input_ids[r, width - len(toks):] = torch.tensor(toks)
+            attention[r, width - len(toks):] = 1
+        sampler = SeededSampler([s for _, s in rows], params, self.eos_ids)
+        config = GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+        )
+        out = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            generation_config=config,
+            logits_processor=LogitsProcessorList([sampler]),
+        )
+        samples = [self._sample(out[r, width:].tolist(), float(sampler.logprob_sum[r])) for r in range(len(rows))]
+        grouped, k = [], 0
+        for s in seeds:
+            grouped.append(samples[k:k + len(s)])
+            k += len(s)
+        return grouped
+
+    def _sample(self, new_tokens: list[int], logprob_sum: float) -> Sample:
+        stop = next((k for k, t in enumerate(new_tokens) if t in self.eos_ids), None)
+        kept = new_tokens if stop is None else new_tokens[: stop + 1]
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        return Sample(text, len(kept), "length" if stop is None else "stop", logprob_sum)
+
+
+def _eos_ids(tokenizer, generation_config) -> list[int]:
+    """Token ids that end a completion: the tokenizer's eos and the generation config's."""
+    ids = [tokenizer.eos_token_id]
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids += configured if isinstance(configured, list) else [configured]
+    return sorted({i for i in ids if i is not None})

@@ -1,0 +1,297 @@
+"""The generate stage: prompts -> ``n`` sampled completions each (kind completions), resumable,
+shardable; and ``merge``, which joins completions versions (e.g. the shards of one job).
+
+Seeding: sample ``j`` of prompt ``p`` is drawn with its own seed
+``backends.sample_seed(seed, prompt_id, j)``, so it does not depend on batch composition, on
+the shard it falls in, or on where an interrupted run resumed.
+
+Resuming: prompts are processed in chunks of ``batch_size`` prompts (one backend call each).
+Each finished chunk is written atomically to ``<out>/.partial-<key>/chunk-NNNNNN.parquet``,
+where ``key`` hashes the input version's manifest, the model's content hash and every parameter
+that changes the output. Re-running the same command after an interruption skips the chunks on
+disk; once the version is committed the work directory is removed. A run with other parameters
+uses another work directory (stale ones from abandoned runs can be deleted by hand).
+
+Empty completions (the model emits eos at once, or only whitespace) are not valid rows of the
+data contract: they are left out of the version and counted in ``stats["empty_completions"]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from humanline_data.backends import (
+    Backend,
+    GenerationError,
+    SamplingParams,
+    load_backend,
+    resolve_backend_name,
+    sample_seed,
+)
+from humanline_data.errors import SchemaError, WrongKindError
+from humanline_data.models import model_identity, resolve_model
+from humanline_data.schema import SCHEMAS
+from humanline_data.store import Version, iter_batches, open_version, write_version
+
+PROMPT_COLUMNS = ["prompt_id", "messages", "answer", "source", "split", "metadata"]
+SAMPLED_KINDS = ("completions", "scored")  # kinds whose rows are keyed by (prompt_id, sample_idx)
+
+
+def generate(
+    prompts,
+    out,
+    model,
+    n: int = 8,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    max_new_tokens: int = 512,
+    seed: int = 0,
+    backend: str = "auto",
+    batch_size: int = 16,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    limit: int | None = None,
+) -> Path:
+    """Sample ``n`` completions of each prompt of ``prompts`` (a prompts, completions or scored
+    version; the latter two give their distinct prompts) with ``model`` and write them as the
+    next completions version of ``out``; return its path.
+
+    ``limit`` keeps the first ``limit`` distinct prompts; then only the prompts whose id hashes
+    to ``shard_index`` modulo ``num_shards`` are kept, so ``num_shards`` runs split one job.
+    """
+    params = SamplingParams(n, temperature, top_p, max_new_tokens, seed)
+    _check_args(params, batch_size, shard_index, num_shards, limit)
+    source = open_version(prompts, kinds=("prompts", *SAMPLED_KINDS))
+    table = shard(distinct_prompts(source, limit), shard_index, num_shards)
+    model_path = resolve_model(model)
+    identity = model_identity(model_path)
+    backend_name = resolve_backend_name(backend)
+    run_params = {
+        "model": str(model),
+        "n": n,
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_new_tokens": max_new_tokens,
+        "seed": seed,
+        "backend": backend_name,
+        "batch_size": batch_size,
+        "shard_index": shard_index,
+        "num_shards": num_shards,
+        "limit": limit,
+        "seeding": "per (seed, prompt_id, sample_idx)",
+    }
+    constants = {
+        "generator": identity["model"],
+        "temperature": float(temperature),
+        "top_p": float(top_p),
+        "max_new_tokens": max_new_tokens,
+        "seed": seed,
+    }
+    work = Path(out) / f".partial-{_run_key(source, identity, run_params)}"
+    chunks = [table.slice(start, batch_size) for start in range(0, table.num_rows, batch_size)]
+    todo = [k for k in range(len(chunks)) if not _chunk_path(work, k).is_file()]
+    loaded: Backend | None = None
+    if todo:
+        loaded = load_backend(backend_name, model_path, seed=seed)
+        work.mkdir(parents=True, exist_ok=True)
+        _sample_chunks(loaded, chunks, todo, work, params, constants)
+    producer = {**identity, "backend": backend_name, "versions": loaded.versions() if loaded else {}}
+    stats = {"prompts": table.num_rows, "chunks": len(chunks), "resumed_chunks": len(chunks) - len(todo)}
+    path = _commit(work, len(chunks), out, source, run_params, producer, stats)
+    shutil.rmtree(work, ignore_errors=True)
+    return path
+
+
+def merge(inputs: list, out) -> Path:
+    """Join completions (or scored) versions into the next version of ``out``; parents = all
+    inputs. Raises on mixed kinds and on a (prompt_id, sample_idx) present twice."""
+    if not inputs:
+        raise GenerationError("merge: no input versions given")
+    versions = [open_version(p, kinds=SAMPLED_KINDS) for p in inputs]
+    kinds = {v.kind for v in versions}
+    if len(kinds) > 1:
+        listing = ", ".join(f"{v.path} ({v.kind})" for v in versions)
+        raise WrongKindError(f"merge: inputs have different kinds: {listing}")
+    _check_no_duplicates(versions)
+    stats = {"rows_per_input": [v.manifest["rows"] for v in versions]}
+    with write_version(
+        out,
+        versions[0].kind,
+        params={"inputs": [str(v.path) for v in versions]},
+        parents=[v.parent_ref() for v in versions],
+        producer={"stage": "merge"},
+        stats=stats,
+    ) as writer:
+        for v in versions:
+            for batch in iter_batches(v):
+                writer.write(pa.Table.from_batches([batch]))
+    return writer.path
+
+
+def distinct_prompts(version: Version, limit: int | None = None) -> pa.Table:
+    """The version's prompts (prompt columns only), each prompt_id once at its first row, in
+    row order; the first ``limit`` of them when given."""
+    table = version.read(columns=PROMPT_COLUMNS)
+    if version.kind != "prompts":
+        first = (
+            table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
+            .group_by("prompt_id")
+            .aggregate([("_row", "min")])
+            .column("_row_min")
+        )
+        table = table.take(pc.take(first, pc.sort_indices(first)))
+    return table if limit is None else table.slice(0, limit)
+
+
+def shard(table: pa.Table, shard_index: int, num_shards: int) -> pa.Table:
+    """Rows whose prompt_id hashes to ``shard_index`` modulo ``num_shards`` (order kept)."""
+    if num_shards == 1:
+        return table
+    keep = [_shard_of(pid, num_shards) == shard_index for pid in table.column("prompt_id").to_pylist()]
+    return table.filter(pa.array(keep, pa.bool_()))
+
+
+def _shard_of(prompt_id: str, num_shards: int) -> int:
+    return int.from_bytes(hashlib.sha256(prompt_id.encode()).digest()[:8], "little") % num_shards
+
+
+def _check_args(params: SamplingParams, batch_size: int, shard_index: int, num_shards: int, limit) -> None:
+    problems = [
+        (params.n < 1, f"n must be >= 1, got {params.n}"),
+        (params.temperature < 0, f"temperature must be >= 0, got {params.temperature}"),
+        (not 0 < params.top_p <= 1, f"top_p must be in (0, 1], got {params.top_p}"),
+        (params.max_new_tokens < 1, f"max_new_tokens must be >= 1, got {params.max_new_tokens}"),
+        (batch_size < 1, f"batch_size must be >= 1, got {batch_size}"),
+        (num_shards < 1, f"num_shards must be >= 1, got {num_shards}"),
+        (not 0 <= shard_index < num_shards, f"shard_index must be in [0, {num_shards}), got {shard_index}"),
+        (limit is not None and limit < 0, f"limit must be >= 0, got {limit}"),
+    ]
+    for bad, message in problems:
+        if bad:
+            raise GenerationError(message)
+
+
+def _run_key(source: Version, identity: dict, run_params: dict) -> str:
+    """16 hex digits naming one job: input manifest, model content and output-changing params."""
+    manifest_sha = source.parent_ref()["manifest_sha256"]
+    blob = json.dumps([manifest_sha, identity["model_sha256"], run_params], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _chunk_path(work: Path, k: int) -> Path:
+    return work / f"chunk-{k:06d}.parquet"
+
+
+def _sample_chunks(
+    backend: Backend, chunks: list[pa.Table], todo: list[int], work: Path, params: SamplingParams, constants: dict
+) -> None:
+    """Generate the chunks numbered ``todo`` and write each atomically into ``work``."""
+    console = Console(stderr=True)
+    pending = set(todo)
+    done_before = sum(c.num_rows for k, c in enumerate(chunks) if k not in pending)
+    total = sum(c.num_rows for c in chunks) * params.n
+    columns = [
+        TextColumn("[bold]generate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("completions  {task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    tokens, started = 0, time.perf_counter()
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("generate", total=total, completed=done_before * params.n, rate="")
+        for k in todo:
+            rows = _sample_chunk(backend, chunks[k], params, constants)
+            _write_atomic(pa.Table.from_pylist(rows, schema=SCHEMAS["completions"]), _chunk_path(work, k))
+            tokens += sum(r["completion_tokens"] for r in rows)
+            rate = f"{tokens / (time.perf_counter() - started):.1f} tokens/s"
+            progress.update(task, advance=len(rows), rate=rate)
+
+
+def _sample_chunk(backend: Backend, chunk: pa.Table, params: SamplingParams, constants: dict) -> list[dict]:
+    """All ``n`` samples of every prompt of ``chunk`` as completions rows (empties included)."""
+    prompts = chunk.to_pylist()
+    seeds = [[sample_seed(params.seed, p["prompt_id"], j) for j in range(params.n)] for p in prompts]
+    samples = backend.generate([p["messages"] for p in prompts], seeds, params)
+    rows = []
+    for prompt, drawn in zip(prompts, samples):
+        for j, s in enumerate(drawn):
+            rows.append(
+                {
+                    **prompt,
+                    "sample_idx": j,
+                    "completion": s.text,
+                    "completion_tokens": s.tokens,
+                    "finish_reason": s.finish_reason,
+                    "logprob_sum": s.logprob_sum,
+                    **constants,
+                }
+            )
+    return rows
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _commit(work: Path, n_chunks: int, out, source: Version, params: dict, producer: dict, stats: dict) -> Path:
+    """Write the chunks (minus empty completions) as the next completions version of ``out``."""
+    empty, finish, tokens = 0, {"stop": 0, "length": 0}, 0
+    with write_version(
+        out, "completions", params=params, parents=[source.parent_ref()], producer=producer, stats=stats
+    ) as writer:
+        for k in range(n_chunks):
+            table = pq.read_table(_chunk_path(work, k))
+            blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(table.column("completion"))), 0)
+            kept = table.filter(pc.invert(blank))
+            empty += table.num_rows - kept.num_rows
+            for reason, count in zip(*_value_counts(kept.column("finish_reason"))):
+                finish[reason] = finish.get(reason, 0) + count
+            tokens += pc.sum(kept.column("completion_tokens")).as_py() or 0
+            writer.write(kept)
+        writer.stats.update(
+            completions=sum(finish.values()), empty_completions=empty, finish_reasons=finish, completion_tokens=tokens
+        )
+    return writer.path
+
+
+def _value_counts(column: pa.ChunkedArray) -> tuple[list, list]:
+    counts = pc.value_counts(column)
+    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
+
+
+def _check_no_duplicates(versions: list[Version]) -> None:
+    keys = pa.concat_tables(
+        [
+            v.read(columns=["prompt_id", "sample_idx"]).append_column(
+                "_input", pa.array([i] * v.manifest["rows"], pa.int32())
+            )
+            for i, v in enumerate(versions)
+        ]
+    )
+    counts = keys.group_by(["prompt_id", "sample_idx"]).aggregate([("_input", "list")])
+    lists = counts.column("_input_list")
+    dup = pc.greater(pc.list_value_length(lists), 1)
+    if pc.any(dup).as_py():
+        i = pc.index(dup, True).as_py()
+        where = " and ".join(str(versions[k].path) for k in sorted(set(lists[i].as_py())))
+        raise SchemaError(
+            f"merge: duplicate prompt_id/sample_idx ({counts.column('prompt_id')[i].as_py()}, "
+            f"{counts.column('sample_idx')[i].as_py()}) in {where}"
+        )
