@@ -8,13 +8,13 @@ lacks a metric is simply left out of that subplot; a metric no run has is an err
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import click
 
 from humanline_data.errors import HumanlineError
+from humanline_data.formats.sources import read_records
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -30,31 +30,25 @@ def read_metrics(run_dir: Path) -> Series:
     """The numeric metrics of ``run_dir/metrics.jsonl`` as ``{metric: (steps, values)}``.
 
     Non-numeric values (strings, lists) are ignored; ``null`` becomes NaN (a gap in the line).
-    Raises :class:`MetricsError` naming ``file:line`` for a line that is not a JSON object with
-    an integer ``step``, and naming the file when it is missing or holds no records.
+    Raises a one-line error naming ``file:line`` for a line that is not a JSON object with an
+    integer ``step`` (:class:`MetricsError`) or not JSON at all (``InputFormatError``), and
+    naming the file when it is missing or holds no records.
     """
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise MetricsError(f"{path}: no such file (is {run_dir} a run directory?)")
     series: Series = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
+    for where, record in read_records(path):
+        step = record.get("step")
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise MetricsError(f"{where}: expected a JSON object with an integer 'step'")
+        for name, value in record.items():
+            if name == "step" or isinstance(value, bool):
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise MetricsError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-            step = record.get("step") if isinstance(record, dict) else None
-            if isinstance(step, bool) or not isinstance(step, int):
-                raise MetricsError(f"{path}:{lineno}: expected a JSON object with an integer 'step'")
-            for name, value in record.items():
-                if name == "step" or isinstance(value, bool):
-                    continue
-                if value is None or isinstance(value, (int, float)):
-                    steps, values = series.setdefault(name, ([], []))
-                    steps.append(step)
-                    values.append(math.nan if value is None else float(value))
+            if value is None or isinstance(value, (int, float)):
+                steps, values = series.setdefault(name, ([], []))
+                steps.append(step)
+                values.append(math.nan if value is None else float(value))
     if not series:
         raise MetricsError(f"{path}: no metric records (empty file?)")
     return series

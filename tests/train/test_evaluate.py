@@ -174,3 +174,15 @@ def test_bad_inputs_fail_before_sampling_and_write_nothing(tiny_model, tiny_rm, 
         evaluate(tiny_model, data["alpaca"], "math", work=work)
     assert not work.exists() or not any(list_versions(d) for d in work.iterdir())
     assert len(list_versions(data["gsm8k"].parent)) == 1
+
+
+def test_humanline_train_eval_bad_baseline_exits_2_with_one_line(tiny_model, tiny_rm, data, tmp_path):
+    from humanline_train.cli import main
+
+    out = tmp_path / "results.json"
+    args = ["eval", "--model", str(tiny_model), "--prompts", str(data["alpaca"]), "--scorer", f"rm:{tiny_rm}",
+            "--baseline", str(data["gpt4_two"]), "--work", str(tmp_path / "work"), "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: baseline ") and result.stderr.count("\n") == 1
+    assert not out.exists() and not (tmp_path / "work").exists()

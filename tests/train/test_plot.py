@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from humanline_data.errors import HumanlineError
 from humanline_train.plot import MetricsError, plot_command, plot_runs, read_metrics, smooth
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -80,7 +81,7 @@ def test_bad_metrics_file_is_one_line_error_with_location(tmp_path, content, exp
     bad.mkdir()
     (bad / "metrics.jsonl").write_text(content)
     out = tmp_path / "x.png"
-    with pytest.raises(MetricsError) as err:
+    with pytest.raises(HumanlineError) as err:
         plot_runs([good, bad], out)
     assert expected in str(err.value) and "\n" not in str(err.value)
     assert str(bad / "metrics.jsonl") in str(err.value)
@@ -94,3 +95,17 @@ def test_unknown_metric_and_missing_run_are_errors(tmp_path):
     with pytest.raises(MetricsError, match="nope/metrics.jsonl: no such file"):
         plot_runs([runs[0], tmp_path / "nope"], tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_humanline_train_plot_reports_malformed_line_and_exits_2(tmp_path):
+    from humanline_train.cli import main
+
+    good = _runs(tmp_path)[0]
+    bad = _write_run(tmp_path / "bad", [{"step": 1, "loss": 1.0}])
+    with open(bad / "metrics.jsonl", "a") as f:
+        f.write("{not json\n")
+    out = tmp_path / "x.png"
+    result = CliRunner().invoke(main, ["plot", str(good), str(bad), "--out", str(out)])
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {bad / 'metrics.jsonl'}:2: malformed JSON (Expecting property name enclosed in double quotes, column 2)\n"
+    assert not out.exists()
