@@ -142,7 +142,7 @@ class CachedReference:
 
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".tmp-{uuid.uuid4().hex}")
+        tmp = self.path.with_name(f"{self.path.stem}.tmp-{uuid.uuid4().hex}.pt")
         torch.save(self.entries, tmp)
         os.replace(tmp, self.path)
 

@@ -22,13 +22,13 @@ from humanline_data.schema import SCHEMAS, prompt_id
 _ROLE = {"human": "user", "gpt": "assistant", "system": "system"}
 
 
-def pair_rows(data: Path, n: int, max_chars: int = 600) -> list[dict]:
-    """The first ``n`` chat pairs whose texts are at most ``max_chars`` long."""
+def pair_rows(data: Path, n: int, max_chars: int = 200) -> list[dict]:
+    """The first ``n`` chat pairs whose prompt is at most ``max_chars`` long."""
     rows = []
     for item in json.loads((data / "preferences" / "chat_pairs_demo.json").read_text()):
         messages = [{"role": _ROLE[m["from"]], "content": m["value"]} for m in item["conversations"]]
         chosen, rejected = item["chosen"]["value"], item["rejected"]["value"]
-        if max(len(chosen), len(rejected), sum(len(m["content"]) for m in messages)) > max_chars:
+        if sum(len(m["content"]) for m in messages) > max_chars:
             continue
         rows.append(
             {"prompt_id": prompt_id(messages), "messages": messages, "source": "chat_pairs_demo",
@@ -85,3 +85,19 @@ def write_unchecked(out: Path, kind: str, rows: list[dict]) -> Path:
                            "sha256": hashlib.sha256(part.read_bytes()).hexdigest()}]}
     (version / "manifest.json").write_text(json.dumps(manifest))
     return version
+
+
+def tiny_config(shards: Path, model: Path, out: Path, **overrides):
+    """A TrainConfig for fast tiny-model runs (short sequences, small batches, high lr)."""
+    from humanline_train.trainer import TrainConfig
+
+    settings = dict(shards=str(shards), loss="dpo", model=str(model), out=str(out), batch_size=2, max_length=96,
+                    lr=1e-3, warmup=0, max_steps=4)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def losses_of(run_dir: Path) -> list[float]:
+    """Per-step losses from a run's metrics.jsonl."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines]
