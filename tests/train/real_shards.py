@@ -69,7 +69,7 @@ def unpaired_rows(pairs: list[dict]) -> list[dict]:
 def write(out: Path, kind: str, rows: list[dict]) -> Path:
     """Write ``rows`` as the next version of dataset ``out``; return the version path."""
     with store.write_version(out, kind, params={"test": True}) as w:
-        w.write(pa.Table.from_pylist(rows))
+        w.write(pa.Table.from_pylist(rows) if rows else SCHEMAS[kind].empty_table())
     return w.path
 
 
