@@ -102,7 +102,8 @@ def plot_runs(run_dirs: list[Path], out: Path, metrics: list[str] | None = None,
         for i, (run, label) in enumerate(zip(runs, _labels(run_dirs))):
             if metric in run:
                 steps, values = run[metric]
-                ax.plot(steps, smooth(values, smooth_window), label=label, color=colors[i % len(colors)], lw=1.4)
+                style = "--" if i % 2 else "-"  # runs with equal values stay visible
+                ax.plot(steps, smooth(values, smooth_window), label=label, color=colors[i % len(colors)], ls=style, lw=1.4)
         ax.set_title(metric)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
