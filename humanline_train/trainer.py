@@ -119,9 +119,6 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
     model_path = resolve_model(cfg.model)
     tokenizer = load_tokenizer(model_path)
     state, reference_state = checkpoint.load(resume_from) if resume_from else ({}, {})
-    weights = resume_from if resume_from and not cfg.lora_r else model_path  # LoRA: base + saved adapters
-    policy = load_policy(weights, cfg, state.get("lora")).to(accel.device)
-    params = [p for p in policy.parameters() if p.requires_grad]
     refresher = Refresher(cfg, run_dir, model_path)
 
     step = state.get("step", 0)
@@ -133,6 +130,10 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
     total = planned_steps(cfg, loader)
     if not stream.peek(1):
         raise HumanlineError(f"{loader.version.path}: fewer examples than one optimizer step needs")
+
+    weights = resume_from if resume_from and not cfg.lora_r else model_path  # LoRA: base + saved adapters
+    policy = load_policy(weights, cfg, state.get("lora")).to(accel.device)
+    params = [p for p in policy.parameters() if p.requires_grad]
 
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-5, weight_decay=0.01)
     warmup = round(cfg.warmup * total) if cfg.warmup < 1 else int(cfg.warmup)
