@@ -66,7 +66,7 @@ def evaluate(
     """Evaluate ``model`` on the first ``limit`` prompts of ``prompts``; return the result dict.
 
     Keys: ``metric`` ("pass@1" or "win_rate"), ``value``, ``se``, ``count`` (prompts),
-    ``samples`` (n), ``missing_samples`` (left out by generate as empty), the run's settings,
+    ``n`` (samples per prompt), ``missing_samples`` (left out by generate as empty), the run's settings,
     and for win rates ``wins``/``ties``/``losses`` (sample counts) and ``length_controlled``
     (``value``, ``se``). Versions are written under ``work`` (kept, and listed under
     ``versions``) or under a temporary directory removed afterwards.
@@ -89,6 +89,7 @@ def evaluate(
             max_new_tokens=max_new_tokens, seed=seed, backend=backend, batch_size=batch_size, limit=limit,
         )
         scored = score(completions, root / "scored", scorer, batch_size=batch_size)
+        versions = {"completions": completions, "scored": scored}
         samples = open_version(scored).read(["prompt_id", "sample_idx", "completion", "reward", "reward_components"])
         ids = asked.column("prompt_id").to_pylist()
         result = {
@@ -110,10 +111,11 @@ def evaluate(
         else:
             baseline_version = _write_baseline(base_rows, reference, root / "baseline")
             baseline_scored = score(baseline_version, root / "baseline_scored", scorer, batch_size=batch_size)
+            versions |= {"baseline": baseline_version, "baseline_scored": baseline_scored}
             base = open_version(baseline_scored).read(["prompt_id", "completion", "reward"])
             result |= {"baseline": str(reference.path.resolve())} | _win_rate(samples, base, ids, n)
         if work is not None:
-            result["versions"] = {p.parent.name: str(p.resolve()) for p in root.glob("*/v*") if p.is_dir()}
+            result["versions"] = {name: str(path.resolve()) for name, path in versions.items()}
         return result
     finally:
         if work is None:

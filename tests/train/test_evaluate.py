@@ -159,7 +159,13 @@ def test_cli_prints_json_and_writes_out(tiny_model, data, tmp_path):
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
     assert printed == json.loads(out.read_text())
-    assert printed["count"] == 2 and printed["metric"] == "pass@1"
+    assert printed["count"] == 2 and printed["metric"] == "pass@1" and "versions" not in printed
+    # with a kept --work folder, a second evaluation names its own (next) versions
+    for _ in range(2):
+        result = CliRunner().invoke(eval_command, [*args, "--work", str(tmp_path / "work")])
+        assert result.exit_code == 0, result.output
+    versions = json.loads(result.stdout)["versions"]
+    assert versions == {k: str(tmp_path / "work" / k / "v2") for k in ("completions", "scored")}
 
 
 def test_bad_inputs_fail_before_sampling_and_write_nothing(tiny_model, tiny_rm, data, tmp_path):
