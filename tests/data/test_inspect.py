@@ -10,6 +10,7 @@ import math
 import shutil
 from collections import Counter
 
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
@@ -17,7 +18,7 @@ from humanline_data.cli import main
 from humanline_data.errors import CorruptVersionError
 from humanline_data.inspect import QueryError, diagnostics, query
 from humanline_data.pair import build
-from humanline_data.store import list_versions, open_version
+from humanline_data.store import list_versions, open_version, write_version
 from scored_rows import gsm8k_rows, hh_rows, write_scored
 
 STATS = ("count", "min", "p25", "median", "p75", "max", "mean", "std")
@@ -188,3 +189,24 @@ def test_only_named_versions_are_opened(versions, tmp_path):
     assert query(new, "SELECT count(*) AS n FROM data").to_pylist() == [{"n": 10}]
     with pytest.raises(CorruptVersionError):
         query(new, "SELECT count(*) FROM v1")
+
+
+def test_prompts_and_completions_reports(versions, tmp_path):
+    rows, _ = versions
+    completions = [{k: v for k, v in r.items() if k not in ("reward", "scorer")} for r in rows]
+    with write_version(tmp_path / "completions", "completions") as w:
+        w.write(pa.Table.from_pylist(completions))
+    report = diagnostics(w.path)
+    assert (report["kind"], report["rows"], report["duplicates"]) == ("completions", len(rows), {"completions": 1})
+    assert list(report["distributions"]) == ["length(completion)"]
+    first = {}
+    for r in rows:
+        first.setdefault(r["prompt_id"], r)
+    prompts = [{k: r[k] for k in ("prompt_id", "messages", "answer", "source", "split")} for r in first.values()]
+    with write_version(tmp_path / "prompts", "prompts") as w:
+        w.write(pa.Table.from_pylist(prompts))
+    report = diagnostics(w.path)
+    assert (report["rows"], report["prompts"], report["distributions"]) == (len(prompts), len(prompts), {})
+    assert report["duplicates"] == {"prompt_rows": 0} and "truncated" not in report
+    assert sum(s["rows"] for s in report["by_source"]) == len(prompts)
+    assert "prompts" in run(w.path).stdout
