@@ -166,82 +166,84 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
 
     metrics_file = open(run_dir / checkpoint.METRICS, "a") if accel.is_main_process else None
     progress = _progress(accel, total, step)
-    while step < total:
-        if cfg.refresh_every and step - data["segment_start"] >= cfg.refresh_every:
-            policy_dir = checkpoint.checkpoint_dir(run_dir, step)
-            if not (policy_dir / checkpoint.TRAINER_STATE).is_file():
+    try:
+        while step < total:
+            if cfg.refresh_every and step - data["segment_start"] >= cfg.refresh_every:
+                policy_dir = checkpoint.checkpoint_dir(run_dir, step)
+                if not (policy_dir / checkpoint.TRAINER_STATE).is_file():
+                    _save(run_dir, step, policy, tokenizer, _state(cfg, step, optimizer, scheduler, data, policy), reference, accel)
+                round_index = data["round"] + 1
+                shard = refresher.shard_for_round(round_index, step, policy_dir)
+                data = {"shard": str(shard), "segment_start": step, "round": round_index}
+                loader = make_loader(cfg, data["shard"], tokenizer, accel)
+                stream = StepStream(loader, cfg.grad_accum, 0)
+            times = dict.fromkeys(("forward", "backward", "reference", "sync"), 0.0)
+            started = time.perf_counter()
+            if step == data["segment_start"]:
+                sync(step)
+                times["sync"] += time.perf_counter() - started
+            micro_batches = stream.next()
+            if micro_batches is None:
+                break  # the data ran out before the planned number of steps
+            step_metrics: list[dict] = []
+            tokens = 0
+            for index, batch in enumerate(micro_batches):
+                batch = batch.to(accel.device)
+                t0 = time.perf_counter()
+                ref_logps = reference.logps(step, index, batch).to(accel.device)
+                t1 = time.perf_counter()
+                policy_logps = completion_logprobs(policy, batch.input_ids, batch.attention_mask, batch.completion_mask)
+                loss, metrics = batch_loss(cfg, policy_logps, ref_logps, batch, accel)
+                t2 = time.perf_counter()
+                accel.backward(loss / cfg.grad_accum)
+                t3 = time.perf_counter()
+                times["reference"] += t1 - t0
+                times["forward"] += t2 - t1
+                times["backward"] += t3 - t2
+                if "reference" in hooks:
+                    hooks["reference"](step, index, batch, ref_logps, policy_logps.detach())
+                step_metrics.append({"loss": loss.detach().float().cpu(), **metrics})
+                tokens += batch.num_tokens
+            _average_gradients(params, accel)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if cfg.humanline and (step + 1 - data["segment_start"]) % cfg.sync_k == 0:
+                t0 = time.perf_counter()
+                sync(step + 1)  # SPEC §1: after backward and clipping, BEFORE the update
+                times["sync"] += time.perf_counter() - t0
+            if "before_step" in hooks:
+                hooks["before_step"](step, policy)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seconds = time.perf_counter() - started
+            row = {
+                "step": step,
+                **_mean_metrics(step_metrics),
+                "grad_norm": float(grad_norm),
+                "lr": lr,
+                "tokens": tokens,
+                "tokens_per_s": tokens / seconds,
+                **{f"seconds_{k}": v for k, v in times.items()},
+                "seconds_step": seconds,
+                "skipped_prompts": loader.truncation.skipped_prompts,
+                "truncated_completions": loader.truncation.truncated_completions,
+                "round": data["round"],
+            }
+            if metrics_file:
+                metrics_file.write(json.dumps(row) + "\n")
+                metrics_file.flush()
+            progress.update(progress.task_ids[0], completed=step, description=f"loss {row['loss']:.4f}")
+            if step == total or (cfg.save_every and step % cfg.save_every == 0):
                 _save(run_dir, step, policy, tokenizer, _state(cfg, step, optimizer, scheduler, data, policy), reference, accel)
-            round_index = data["round"] + 1
-            shard = refresher.shard_for_round(round_index, step, policy_dir)
-            data = {"shard": str(shard), "segment_start": step, "round": round_index}
-            loader = make_loader(cfg, data["shard"], tokenizer, accel)
-            stream = StepStream(loader, cfg.grad_accum, 0)
-        times = dict.fromkeys(("forward", "backward", "reference", "sync"), 0.0)
-        started = time.perf_counter()
-        if step == data["segment_start"]:
-            sync(step)
-            times["sync"] += time.perf_counter() - started
-        micro_batches = stream.next()
-        if micro_batches is None:
-            break  # the data ran out before the planned number of steps
-        step_metrics: list[dict] = []
-        tokens = 0
-        for index, batch in enumerate(micro_batches):
-            batch = batch.to(accel.device)
-            t0 = time.perf_counter()
-            ref_logps = reference.logps(step, index, batch).to(accel.device)
-            t1 = time.perf_counter()
-            policy_logps = completion_logprobs(policy, batch.input_ids, batch.attention_mask, batch.completion_mask)
-            loss, metrics = batch_loss(cfg, policy_logps, ref_logps, batch, accel)
-            t2 = time.perf_counter()
-            accel.backward(loss / cfg.grad_accum)
-            t3 = time.perf_counter()
-            times["reference"] += t1 - t0
-            times["forward"] += t2 - t1
-            times["backward"] += t3 - t2
-            if "reference" in hooks:
-                hooks["reference"](step, index, batch, ref_logps, policy_logps.detach())
-            step_metrics.append({"loss": loss.detach().float().cpu(), **metrics})
-            tokens += batch.num_tokens
-        _average_gradients(params, accel)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        if cfg.humanline and (step + 1 - data["segment_start"]) % cfg.sync_k == 0:
-            t0 = time.perf_counter()
-            sync(step + 1)  # SPEC §1: after backward and clipping, BEFORE the update
-            times["sync"] += time.perf_counter() - t0
-        if "before_step" in hooks:
-            hooks["before_step"](step, policy)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        seconds = time.perf_counter() - started
-        row = {
-            "step": step,
-            **_mean_metrics(step_metrics),
-            "grad_norm": float(grad_norm),
-            "lr": lr,
-            "tokens": tokens,
-            "tokens_per_s": tokens / seconds,
-            **{f"seconds_{k}": v for k, v in times.items()},
-            "seconds_step": seconds,
-            "skipped_prompts": loader.truncation.skipped_prompts,
-            "truncated_completions": loader.truncation.truncated_completions,
-            "round": data["round"],
-        }
-        if metrics_file:
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
-        progress.update(progress.task_ids[0], completed=step, description=f"loss {row['loss']:.4f}")
-        if step == total or (cfg.save_every and step % cfg.save_every == 0):
+        if not (run_dir / "checkpoints" / f"step-{step}").is_dir():
             _save(run_dir, step, policy, tokenizer, _state(cfg, step, optimizer, scheduler, data, policy), reference, accel)
-    if not (run_dir / "checkpoints" / f"step-{step}").is_dir():
-        _save(run_dir, step, policy, tokenizer, _state(cfg, step, optimizer, scheduler, data, policy), reference, accel)
-    progress.stop()
-    refresher.close()
-    if metrics_file:
-        metrics_file.close()
+    finally:
+        progress.stop()
+        refresher.close()
+        if metrics_file:
+            metrics_file.close()
     if accel.is_main_process:
         t = loader.truncation
         print(
