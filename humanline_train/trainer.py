@@ -124,7 +124,9 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
     step = state.get("step", 0)
     data = state.get("data") or {"shard": cfg.shards, "segment_start": 0, "round": 0}
     if data["shard"] is None:  # online run without a first shard: sample one with the initial model
-        data["shard"] = str(refresher.shard_for_round(0, step, model_path))
+        data["shard"] = str(refresher.shard_for_round(0, step, model_path, cfg.refresh_every >= cfg.max_steps))
+    elif cfg.refresh_async and step == 0 and cfg.refresh_every < cfg.max_steps:
+        refresher.prefetch(1, model_path)  # round 1 samples from the initial model while round 0 trains
     loader = make_loader(cfg, data["shard"], tokenizer, accel)
     stream = StepStream(loader, cfg.grad_accum, (step - data["segment_start"]) * cfg.grad_accum * accel.num_processes)
     total = planned_steps(cfg, loader)
@@ -173,7 +175,7 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
                 if not (policy_dir / checkpoint.TRAINER_STATE).is_file():
                     _save(run_dir, step, policy, tokenizer, _state(cfg, step, optimizer, scheduler, data, policy), reference, accel)
                 round_index = data["round"] + 1
-                shard = refresher.shard_for_round(round_index, step, policy_dir)
+                shard = refresher.shard_for_round(round_index, step, policy_dir, step + cfg.refresh_every >= total)
                 data = {"shard": str(shard), "segment_start": step, "round": round_index}
                 loader = make_loader(cfg, data["shard"], tokenizer, accel)
                 stream = StepStream(loader, cfg.grad_accum, 0)
@@ -328,10 +330,11 @@ class Refresher:
         self.pending: dict[int, Future] = {}
         self.pool: ProcessPoolExecutor | None = None
 
-    def shard_for_round(self, round_index: int, step: int, policy_dir: Path) -> Path:
+    def shard_for_round(self, round_index: int, step: int, policy_dir: Path, last_round: bool = False) -> Path:
         """The shard of round ``round_index`` (starting at ``step``; ``policy_dir`` holds the policy
         at ``step``), sampled with that policy (sync) or with the one at the previous refresh
-        (async); recorded in ``refreshes.json`` so a resumed run reuses it."""
+        (async; then the next round starts sampling now unless ``last_round``); recorded in
+        ``refreshes.json`` so a resumed run reuses it."""
         recorded = checkpoint.read_refreshes(self.run_dir)
         if round_index in recorded:
             shard = Path(recorded[round_index])
@@ -345,9 +348,17 @@ class Refresher:
             shard = self._make(policy_dir, round_index)
         if self.run_dir.is_dir():
             checkpoint.record_refresh(self.run_dir, round_index, shard)
-        if self.cfg.refresh_async and round_index + 1 not in recorded:
-            self.pending[round_index + 1] = self._submit(policy_dir, round_index + 1)
+        if self.cfg.refresh_async and not last_round and round_index + 1 not in recorded:
+            self.prefetch(round_index + 1, policy_dir)
         return shard
+
+    def prefetch(self, round_index: int, model_dir: Path) -> None:
+        """Start sampling round ``round_index`` with the policy at ``model_dir`` in another process."""
+        from humanline_train import refresh
+
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self.pending[round_index] = self.pool.submit(refresh.make_shard, **self._kwargs(model_dir, round_index))
 
     def _kwargs(self, model_dir: Path, round_index: int) -> dict:
         cfg = self.cfg
@@ -362,13 +373,6 @@ class Refresher:
         from humanline_train import refresh
 
         return refresh.make_shard(**self._kwargs(model_dir, round_index))
-
-    def _submit(self, model_dir: Path, round_index: int) -> Future:
-        from humanline_train import refresh
-
-        if self.pool is None:
-            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        return self.pool.submit(refresh.make_shard, **self._kwargs(model_dir, round_index))
 
     def close(self) -> None:
         if self.pool is not None:

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from real_shards import group_rows, losses_of, pair_rows, tiny_config, unpaired_rows, write, write_unchecked
@@ -128,3 +129,39 @@ def test_bad_inputs_fail_with_one_line_and_leave_earlier_run(shards, tiny_model,
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (name, lines)
         assert not fresh.exists(), name
         assert _tree(run) == before, name
+
+
+# --- online: a new shard sampled from the policy every R steps ---------------------------------
+
+LENGTH_SCORER = f"python:{Path(__file__).resolve().parents[1] / 'fixtures' / 'user_scorer.py'}:length_reward"
+
+
+@pytest.mark.parametrize("refresh_async", [False, True], ids=["sync", "async"])
+def test_online_refresh_samples_from_the_checkpoint_and_resets_the_reference(shared_data, tiny_model, tmp_path,
+                                                                             refresh_async):
+    from humanline_data.importers import import_sources
+    from humanline_data.store import open_version
+
+    prompts = import_sources([shared_data / "gsm8k" / "train.jsonl"], tmp_path / "prompts", limit=8)
+    cfg = tiny_config(None, tiny_model, tmp_path / "run", loss="grpo", batch_size=3, max_steps=4, refresh_every=2,
+                      prompts=str(prompts), scorer=LENGTH_SCORER, refresh_prompts=2, samples=3, max_new_tokens=8,
+                      refresh_async=refresh_async)
+    seen = {}
+    run = train(cfg, {"reference": lambda step, i, batch, ref, pol: seen.__setitem__(step, (ref, pol))})
+    rounds = json.loads((run / "refreshes.json").read_text())
+    assert list(rounds) == ["0", "1"]  # round 0: no --shards, so sampled from the initial model
+
+    def sampler(shard):  # shard -> scored -> completions, whose producer is the sampling policy
+        scored = open_version(Path(open_version(shard).manifest["parents"][0]["path"]))
+        completions = open_version(Path(scored.manifest["parents"][0]["path"]))
+        return Path(completions.manifest["producer"]["model"]).resolve()
+
+    assert sampler(rounds["0"]) == tiny_model.resolve()
+    # sync: the policy at the refresh (step 2); async: the one a refresh earlier (the initial model)
+    assert sampler(rounds["1"]) == (tiny_model.resolve() if refresh_async else (run / "checkpoints" / "step-2").resolve())
+    assert [json.loads(line)["round"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 0, 1, 1]
+    for step in (0, 2):  # segment starts: the reference is the policy itself
+        ref, pol = seen[step]
+        assert torch.allclose(ref, pol, atol=1e-6, rtol=0)
+    ref, pol = seen[3]
+    assert (ref - pol).abs().max() > 1e-4
