@@ -7,7 +7,8 @@ A backend turns chat prompts into sampled completions::
 
 ``prompts`` is a list of chat conversations (``[{role, content}, ...]``); the backend renders
 each with the tokenizer's chat template (``add_generation_prompt=True``, see
-:func:`prompt_token_ids`). ``seeds[i][j]`` is the seed of sample ``j`` of prompt ``i``, made by
+:func:`prompt_token_ids`); a model whose tokenizer has none is refused by :func:`load_backend`.
+``seeds[i][j]`` is the seed of sample ``j`` of prompt ``i``, made by
 :func:`sample_seed` from the run's seed, the prompt id and the sample index, so a sample depends
 only on (run seed, prompt, sample index): not on batch composition, sharding or on where an
 interrupted run resumed (up to float rounding differences between batch shapes).
@@ -75,13 +76,30 @@ def sample_seed(seed: int, prompt_id: str, sample_idx: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def prompt_token_ids(tokenizer, prompts: list[list[dict]], model: Path) -> list[list[int]]:
-    """Token ids of each prompt rendered with the tokenizer's chat template plus the assistant
-    turn header. Raises :class:`GenerationError` when the tokenizer has no chat template."""
+def load_tokenizer(model: Path):
+    """The model's tokenizer; raises :class:`GenerationError` when it has no chat template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
     if not getattr(tokenizer, "chat_template", None):
         raise GenerationError(f"model {model}: tokenizer has no chat template (needed to render prompts)")
+    return tokenizer
+
+
+def prompt_token_ids(tokenizer, prompts: list[list[dict]]) -> list[list[int]]:
+    """Token ids of each prompt rendered with the tokenizer's chat template plus the assistant
+    turn header (``add_generation_prompt=True``)."""
     texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in prompts]
     return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def regroup(flat: list, seeds: list[list[int]]) -> list[list]:
+    """Split ``flat`` (one item per seed, prompt-major) back into one list per prompt."""
+    grouped, k = [], 0
+    for row_seeds in seeds:
+        grouped.append(flat[k:k + len(row_seeds)])
+        k += len(row_seeds)
+    return grouped
 
 
 @functools.cache
@@ -89,6 +107,9 @@ def vllm_available() -> bool:
     """Whether ``import vllm`` works (installed and importable on this machine)."""
     if importlib.util.find_spec("vllm") is None:
         return False
+    from humanline_data.backends.vllm_backend import set_environment
+
+    set_environment()
     try:
         import vllm  # noqa: F401
     except Exception:  # a broken install (e.g. CUDA-only torchvision) counts as absent
@@ -108,12 +129,14 @@ def resolve_backend_name(name: str) -> str:
 
 
 def load_backend(name: str, model: Path, seed: int = 0) -> Backend:
-    """A ready backend (model loaded) for ``name`` in :data:`BACKENDS`."""
+    """A ready backend (model loaded) for ``name`` in :data:`BACKENDS`; the chat template is
+    checked before any weights are loaded."""
     name = resolve_backend_name(name)
+    tokenizer = load_tokenizer(model)
     if name == "vllm":
         from humanline_data.backends.vllm_backend import VLLMBackend
 
         return VLLMBackend(model, seed=seed)
     from humanline_data.backends.transformers_backend import TransformersBackend
 
-    return TransformersBackend(model)
+    return TransformersBackend(model, tokenizer)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from humanline_data.backends import GenerationError, Sample, SamplingParams, prompt_token_ids
+from humanline_data.backends import GenerationError, Sample, SamplingParams, prompt_token_ids, regroup
 
 
 NUCLEUS_CANDIDATES = 512  # tokens sorted first when cutting the top-p nucleus
@@ -68,15 +68,16 @@ class SeededSampler:
 
 
 class TransformersBackend:
-    """Loads ``model`` (a local HF folder) on CPU in float32 and samples with ``generate``."""
+    """Loads ``model`` (a local HF folder) on CPU in float32 and samples with ``generate``;
+    ``tokenizer`` is the model's (see :func:`humanline_data.backends.load_tokenizer`)."""
 
     name = "transformers"
 
-    def __init__(self, model: Path) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def __init__(self, model: Path, tokenizer) -> None:
+        from transformers import AutoModelForCausalLM
 
         self.path = Path(model)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.tokenizer = tokenizer
         self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32).eval()
         self.eos_ids = _eos_ids(self.tokenizer, self.model.generation_config)
         if not self.eos_ids:
@@ -95,7 +96,7 @@ class TransformersBackend:
     ) -> list[list[Sample]]:
         from transformers import GenerationConfig, LogitsProcessorList
 
-        ids = prompt_token_ids(self.tokenizer, prompts, self.path)
+        ids = prompt_token_ids(self.tokenizer, prompts)
         rows = [(ids[i], s) for i in range(len(prompts)) for s in seeds[i]]
         if not rows:
             return [[] for _ in prompts]
@@ -119,11 +120,7 @@ class TransformersBackend:
             logits_processor=LogitsProcessorList([sampler]),
         )
         samples = [self._sample(out[r, width:].tolist(), float(sampler.logprob_sum[r])) for r in range(len(rows))]
-        grouped, k = [], 0
-        for s in seeds:
-            grouped.append(samples[k:k + len(s)])
-            k += len(s)
-        return grouped
+        return regroup(samples, seeds)
 
     def _sample(self, new_tokens: list[int], logprob_sum: float) -> Sample:
         stop = next((k for k, t in enumerate(new_tokens) if t in self.eos_ids), None)

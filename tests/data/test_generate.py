@@ -14,15 +14,19 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import torch
 from click.testing import CliRunner
 
 from humanline_data import schema
-from humanline_data.backends import vllm_available
+from humanline_data.backends import SamplingParams, vllm_available
+from humanline_data.backends.transformers_backend import SeededSampler
 from humanline_data.cli import main
 from humanline_data.generate import generate
 from humanline_data.store import list_versions, open_version, write_version
 
-FAST = dict(n=2, max_new_tokens=6, temperature=0.7, top_p=0.95, seed=3, backend="transformers")
+# top_p=1: the random tiny model's nucleus is most of the vocabulary, a full sort every step;
+# the nucleus cut itself is checked in test_nucleus_is_the_smallest_top_mass_set.
+FAST = dict(n=2, max_new_tokens=6, temperature=0.7, top_p=1.0, seed=3, backend="transformers")
 
 
 def gsm8k_prompts(shared_data: Path, root: Path, count: int = 5) -> Path:
@@ -73,7 +77,7 @@ def keyed(path: Path) -> dict[tuple[str, int], str]:
 
 def test_generate_cli_writes_completions_with_lineage(prompts, tiny_model, tmp_path):
     out = tmp_path / "completions"
-    result = run_cli(*cli_generate_args(prompts, out, tiny_model))
+    result = run_cli(*cli_generate_args(prompts, out, tiny_model, top_p=0.95))
     assert result.exit_code == 0, result.output
     last = result.stdout.strip().splitlines()[-1]
     assert last == str(out / "v1")
@@ -110,6 +114,19 @@ def test_generate_cli_writes_completions_with_lineage(prompts, tiny_model, tmp_p
     assert not list(out.glob(".partial-*")), "work dir must be removed after commit"
 
 
+@pytest.mark.parametrize("scale", [1.0, 8.0])  # flat (full sort) and peaked (top-k shortcut) rows
+def test_nucleus_is_the_smallest_top_mass_set(scale):
+    logits = torch.randn(4, 49152, generator=torch.Generator().manual_seed(0)) * scale
+    kept = SeededSampler([0] * 4, SamplingParams(top_p=0.9), eos_ids=[2])._nucleus(logits).isfinite()
+    probs = logits.softmax(dim=-1)
+    for row in range(4):
+        ranked = probs[row].sort(descending=True).values
+        size = int(((ranked.cumsum(0) - ranked) < 0.9).sum())
+        assert int(kept[row].sum()) == size
+        assert probs[row][kept[row]].min() >= ranked[size - 1]  # the most likely ones are kept
+        assert probs[row][kept[row]].sum() >= 0.9 - 1e-5
+
+
 def test_same_seed_same_completions_other_seed_differs(prompts, tiny_model, tmp_path):
     a = keyed(generate(prompts, tmp_path / "a", tiny_model, **FAST))
     b = keyed(generate(prompts, tmp_path / "b", tiny_model, **{**FAST, "batch_size": 2}))
@@ -138,9 +155,9 @@ def test_accepts_completions_input_and_takes_distinct_prompts(prompts, tiny_mode
 
 
 def test_resume_after_kill_matches_uninterrupted_run(shared_data, tiny_model, tmp_path):
-    prompts = gsm8k_prompts(shared_data, tmp_path, count=12)
+    prompts = gsm8k_prompts(shared_data, tmp_path, count=8)
     out = tmp_path / "resumed"
-    opts = {**FAST, "batch_size": 1, "max_new_tokens": 24}
+    opts = {**FAST, "batch_size": 1, "max_new_tokens": 8}
     cli = "from humanline_data.cli import main; main()"
     args = [sys.executable, "-c", cli, *cli_generate_args(prompts, out, tiny_model, **opts)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -152,7 +169,7 @@ def test_resume_after_kill_matches_uninterrupted_run(shared_data, tiny_model, tm
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     written = list(out.glob(".partial-*/chunk-*.parquet"))
-    assert 3 <= len(written) < 12, "the kill must land mid-run"
+    assert 3 <= len(written) < 8, "the kill must land mid-run"
     assert list_versions(out) == []
 
     result = subprocess.run(args, capture_output=True, text=True, env=env)
@@ -163,7 +180,7 @@ def test_resume_after_kill_matches_uninterrupted_run(shared_data, tiny_model, tm
     resumed = open_version(path).read()
     keys = list(zip(resumed.column("prompt_id").to_pylist(), resumed.column("sample_idx").to_pylist()))
     assert len(keys) == len(set(keys))
-    assert len(keys) == 12 * 2 - manifest["stats"]["empty_completions"]
+    assert len(keys) == 8 * 2 - manifest["stats"]["empty_completions"]
     assert keyed(path) == keyed(generate(prompts, tmp_path / "straight", tiny_model, **opts))
     assert not list(out.glob(".partial-*"))
 

