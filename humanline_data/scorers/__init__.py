@@ -34,15 +34,21 @@ OUTPUT_COLUMNS = ("reward", "scorer", "reward_components")
 ROW_KEYS = ("prompt_id", "messages", "completion", "answer", "metadata")
 
 
-def parse_spec(spec: str, format_weight: float = 0.0) -> Scorer:
-    """The scorer a spec names (loads the reward model or the user's module)."""
+def parse_spec(spec: str, format_weight: float = 0.0, workers: int = 1) -> Scorer:
+    """The scorer a spec names (loads the reward model or the user's module).
+
+    ``format_weight`` and ``workers`` (processes) apply to the math scorer only."""
     kind, _, rest = spec.partition(":")
     if format_weight and kind != "math":
         raise HumanlineError(f"--format-weight applies to the math scorer only, not {spec!r}")
+    if workers != 1 and kind != "math":
+        raise HumanlineError(f"--workers applies to the math scorer only, not {spec!r}")
+    if workers < 1:
+        raise HumanlineError(f"--workers must be at least 1, got {workers}")
     if kind == "math" and not rest:
         from humanline_data.scorers.math_verifier import MathVerifier
 
-        return MathVerifier(format_weight)
+        return MathVerifier(format_weight, workers)
     if kind == "rm" and rest:
         from humanline_data.scorers.reward_model import RewardModel
 
@@ -59,19 +65,25 @@ def parse_spec(spec: str, format_weight: float = 0.0) -> Scorer:
 
 
 def score(inp: str | os.PathLike, out: str | os.PathLike, scorer: str, batch_size: int = 16,
-          format_weight: float = 0.0) -> Path:
+          format_weight: float = 0.0, workers: int = 1) -> Path:
     """Score every row of the completions/scored version ``inp`` with ``scorer``; write the
-    next version of ``out`` (kind scored) and return its path."""
+    next version of ``out`` (kind scored) and return its path.
+
+    ``batch_size`` rows go to the scorer per call; ``format_weight`` and ``workers`` are the
+    math scorer's (see :func:`parse_spec`)."""
     if batch_size < 1:
         raise HumanlineError(f"--batch-size must be at least 1, got {batch_size}")
     source = open_version(inp, kinds=("completions", "scored"))
     table = source.read()
     table = table.drop_columns([c for c in OUTPUT_COLUMNS if c in table.column_names])
-    scoring = parse_spec(scorer, format_weight)
-    scoring.check(table)
-    started = time.perf_counter()
-    rewards, components = _score_rows(table, scoring, batch_size)
-    seconds = time.perf_counter() - started
+    scoring = parse_spec(scorer, format_weight, workers)
+    try:
+        scoring.check(table)
+        started = time.perf_counter()
+        rewards, components = _score_rows(table, scoring, batch_size)
+        seconds = time.perf_counter() - started
+    finally:
+        scoring.close()
     scored = (
         table.append_column("reward", pa.array(rewards, pa.float64()))
         .append_column("scorer", pa.array([scoring.identity] * table.num_rows, pa.string()))
@@ -141,5 +153,3 @@ def _stats(scored: pa.Table, components: list[dict], seconds: float) -> dict:
         "rows_per_s": round(n / seconds, 1) if seconds > 0 else None,
     }
 
-
-__all__ = ["score", "parse_spec", "Scorer"]

@@ -26,3 +26,6 @@ class Scorer:
 
     def __call__(self, rows: list[dict]) -> list[tuple[float, dict[str, float]]]:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release worker processes or devices the scorer holds."""

@@ -18,8 +18,10 @@ scorer runs without timeouts.
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import re
 import threading
+from concurrent.futures import ProcessPoolExecutor
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -118,14 +120,31 @@ def is_correct(predicted: str | None, gold: str) -> bool:
         return False
 
 
-class MathVerifier(Scorer):
-    """Reward 1.0 for a verified final answer, 0.0 otherwise, plus format_weight * format."""
+def score_answers(pairs: list[tuple[str, str]]) -> list[tuple[float, float]]:
+    """``(correct, format)`` for each ``(completion, reference answer)`` pair."""
+    out = []
+    for completion, gold in pairs:
+        predicted, marked = extract_answer(completion)
+        out.append((float(is_correct(predicted, gold)), float(marked)))
+    return out
 
-    def __init__(self, format_weight: float = 0.0) -> None:
+
+class MathVerifier(Scorer):
+    """Reward 1.0 for a verified final answer, 0.0 otherwise, plus format_weight * format.
+
+    With ``workers > 1`` each batch is split across that many worker processes (spawned once,
+    shut down by :meth:`close`); sympy-bound MATH answers score about 100-200 rows/s per core.
+    """
+
+    def __init__(self, format_weight: float = 0.0, workers: int = 1) -> None:
         self.format_weight = float(format_weight)
+        self.workers = workers
         self.identity = "math" if not self.format_weight else f"math+format*{self.format_weight:g}"
-        self.params = {"format_weight": self.format_weight}
+        self.params = {"format_weight": self.format_weight, "workers": workers}
         self.producer = {"scorer": "math-verify", "math_verify": _math_verify_version()}
+        self._pool = None
+        if workers > 1:
+            self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
     def check(self, table: pa.Table) -> None:
         missing = pc.is_null(table.column("answer"))
@@ -137,13 +156,21 @@ class MathVerifier(Scorer):
             )
 
     def __call__(self, rows: list[dict]) -> list[tuple[float, dict[str, float]]]:
-        out = []
-        for row in rows:
-            predicted, marked = extract_answer(row["completion"])
-            correct = float(is_correct(predicted, row["answer"]))
-            fmt = float(marked)
-            out.append((correct + self.format_weight * fmt, {"correct": correct, "format": fmt}))
-        return out
+        pairs = [(row["completion"], row["answer"]) for row in rows]
+        if self._pool is None:
+            results = score_answers(pairs)
+        else:
+            size = -(-len(pairs) // self.workers)
+            chunks = [pairs[i:i + size] for i in range(0, len(pairs), size)]
+            results = [r for chunk in self._pool.map(score_answers, chunks) for r in chunk]
+        return [
+            (correct + self.format_weight * fmt, {"correct": correct, "format": fmt}) for correct, fmt in results
+        ]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
 
 def _math_verify_version() -> str:

@@ -158,6 +158,16 @@ def test_math_verifies_real_reference_solutions(shared_data, tmp_path, dataset):
     assert sum(wrong) / len(wrong) <= 0.05
 
 
+def test_math_worker_processes_give_the_same_rewards(shared_data, tmp_path):
+    items = _math_items(shared_data, n_train=150, seed=1)[:150] + _swap_answers(_gsm8k_items(shared_data, n=50))
+    inp = write_input(tmp_path / "c", items)
+    serial = score(inp, tmp_path / "s", "math", batch_size=64)
+    pooled = score(inp, tmp_path / "s", "math", batch_size=64, workers=2)
+    assert rewards_of(pooled) == rewards_of(serial)
+    assert 140 <= sum(rewards_of(serial)) <= 152  # the 150 own answers verify, the 50 swapped mostly not
+    assert open_version(pooled).manifest["params"]["workers"] == 2
+
+
 def test_math_needs_an_answer(tmp_path):
     inp = write_input(tmp_path / "c", [
         {"prompt": "p1", "completion": "#### 1", "answer": "1"},
@@ -347,6 +357,8 @@ def test_wrong_input_kind(tmp_path):
         (["--scorer", "python:only_module"], "unknown scorer"),
         (["--scorer", "rm:x", "--format-weight", "1"], "--format-weight applies to the math scorer only"),
         (["--scorer", "math", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--scorer", "math", "--workers", "0"], "--workers must be at least 1"),
+        (["--scorer", f"python:{USER_SCORER}:length_reward", "--workers", "2"], "--workers applies to the math scorer only"),
         (["--scorer", "python:no/such/file.py:f"], "module file no/such/file.py not found"),
     ],
 )
