@@ -103,7 +103,7 @@ class _Rows:
             row["split"] = self.split or row.get("split") or file_split
             if row["split"] is None:
                 raise InputFormatError(f"{where}: cannot infer the split from the file name; pass --split")
-        if not self._admit(kind, row, pid, where):
+        if not self._admit(kind, row, pid):
             return
         if "answer" in columns and row.get("answer") is None:
             self.without_answer += 1
@@ -111,7 +111,7 @@ class _Rows:
         if len(self.pending) >= _CHUNK_ROWS:
             self.flush()
 
-    def _admit(self, kind: str, row: dict, pid: str, where: str) -> bool:
+    def _admit(self, kind: str, row: dict, pid: str) -> bool:
         """Number samples and drop repeated prompts; False when the row is skipped."""
         if kind == "prompts":
             if pid in self.seen:
