@@ -165,3 +165,15 @@ def test_online_refresh_samples_from_the_checkpoint_and_resets_the_reference(sha
         assert torch.allclose(ref, pol, atol=1e-6, rtol=0)
     ref, pol = seen[3]
     assert (ref - pol).abs().max() > 1e-4
+
+
+@pytest.mark.slow
+def test_embedded_model_dpo_on_real_pairs_lowers_the_loss(shared_data, embedded_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("HUMANLINE_CACHE", str(Path(embedded_model).parents[1]))  # reuse the converted model
+    shard = write(tmp_path / "pairs", "pairs", pair_rows(shared_data, 2))
+    cfg = tiny_config(shard, "smollm2-135m-instruct", tmp_path / "run", batch_size=2, max_length=128, epochs=4,
+                      max_steps=None, lr=2e-5, humanline=False)
+    losses = losses_of(train(cfg))
+    assert len(losses) == 4
+    assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # the reference is the initial model
+    assert losses[-1] < losses[1] < losses[0]
