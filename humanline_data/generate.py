@@ -101,12 +101,16 @@ def generate(
     work = Path(out) / f".partial-{_run_key(source, identity, run_params)}"
     chunks = [table.slice(start, batch_size) for start in range(0, table.num_rows, batch_size)]
     todo = [k for k in range(len(chunks)) if not _chunk_path(work, k).is_file()]
-    loaded: Backend | None = None
+    versions: dict[str, str] = {}
     if todo:
         loaded = load_backend(backend_name, model_path, seed=seed)
-        work.mkdir(parents=True, exist_ok=True)
-        _sample_chunks(loaded, chunks, todo, work, params, constants)
-    producer = {**identity, "backend": backend_name, "versions": loaded.versions() if loaded else {}}
+        try:
+            versions = loaded.versions()
+            work.mkdir(parents=True, exist_ok=True)
+            _sample_chunks(loaded, chunks, todo, work, params, constants)
+        finally:
+            loaded.close()
+    producer = {**identity, "backend": backend_name, "versions": versions}
     stats = {"prompts": table.num_rows, "chunks": len(chunks), "resumed_chunks": len(chunks) - len(todo)}
     path = _commit(work, len(chunks), out, source, run_params, producer, stats)
     shutil.rmtree(work, ignore_errors=True)

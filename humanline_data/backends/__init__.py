@@ -65,6 +65,9 @@ class Backend(Protocol):
     ) -> list[list[Sample]]:
         """``len(seeds[i])`` samples of each prompt ``i``, in the order of ``seeds[i]``."""
 
+    def close(self) -> None:
+        """Release the model and any engine processes (the backend is unusable afterwards)."""
+
 
 class GenerationError(HumanlineError):
     """The model cannot generate for this input (no chat template, unknown backend, ...)."""

@@ -90,6 +90,9 @@ class TransformersBackend:
 
         return {"transformers": transformers.__version__, "torch": torch.__version__}
 
+    def close(self) -> None:
+        self.model = None
+
     @torch.inference_mode()
     def generate(
         self, prompts: list[list[dict]], seeds: list[list[int]], params: SamplingParams

@@ -66,6 +66,12 @@ class VLLMBackend:
 
         return {"vllm": vllm.__version__, "torch": torch.__version__}
 
+    def close(self) -> None:
+        """Stop the engine's worker processes now rather than at interpreter exit, so a process
+        that generates round after round (online refresh) does not pile up engines."""
+        self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None
+
     def generate(
         self, prompts: list[list[dict]], seeds: list[list[int]], params: SamplingParams
     ) -> list[list[Sample]]:
