@@ -18,9 +18,10 @@ import torch
 from click.testing import CliRunner
 
 from humanline_data import schema
-from humanline_data.backends import SamplingParams, vllm_available
+from humanline_data.backends import SamplingParams, resolve_backend_name, vllm_available
 from humanline_data.backends.transformers_backend import SeededSampler
 from humanline_data.cli import main
+from humanline_data.errors import HumanlineError
 from humanline_data.generate import generate
 from humanline_data.store import list_versions, open_version, write_version
 
@@ -112,6 +113,16 @@ def test_generate_cli_writes_completions_with_lineage(prompts, tiny_model, tmp_p
     assert "transformers" in manifest["producer"]["versions"]
     assert manifest["params"]["n"] == 2 and manifest["params"]["seed"] == 3
     assert not list(out.glob(".partial-*")), "work dir must be removed after commit"
+
+
+def test_auto_backend_is_vllm_only_when_importable():
+    assert resolve_backend_name("auto") == ("vllm" if vllm_available() else "transformers")
+    assert resolve_backend_name("transformers") == "transformers"
+    with pytest.raises(HumanlineError, match="unknown backend 'tgi'"):
+        resolve_backend_name("tgi")
+    if not vllm_available():
+        with pytest.raises(HumanlineError, match="backend 'vllm' requested but vllm is not installed"):
+            resolve_backend_name("vllm")
 
 
 @pytest.mark.parametrize("scale", [1.0, 8.0])  # flat (full sort) and peaked (top-k shortcut) rows
