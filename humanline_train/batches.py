@@ -103,7 +103,7 @@ class ShardLoader:
     with seed ``(seed, e)``. Global micro-batch ``i`` goes to process ``i % num_processes``.
     """
 
-    shards: str | Path
+    shards: str | Path | store.Version  # a Version already checked by open_shards, or a path
     loss: str
     tokenizer: object
     batch_size: int
@@ -119,7 +119,7 @@ class ShardLoader:
     def __post_init__(self) -> None:
         if self.loss not in LOSS_KINDS:
             raise HumanlineError(f"unknown loss {self.loss!r} (expected dpo, kto or grpo)")
-        self.version = open_shards(self.shards, self.loss)
+        self.version = self.shards if isinstance(self.shards, store.Version) else open_shards(self.shards, self.loss)
         self.kind = self.version.kind
         self.eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos

@@ -7,29 +7,22 @@ other modules are registered from their ``COMMANDS`` lists.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
+from humanline_data.cli import _Group
 from humanline_data.errors import HumanlineError
 from humanline_data.models import EMBEDDED_MODEL
 
 
-class _DefaultTrainGroup(click.Group):
-    """Routes arguments that name no subcommand to ``train``; prints HumanlineErrors as one line."""
+class _DefaultTrainGroup(_Group):
+    """Routes arguments that name no subcommand to ``train``; HumanlineErrors print as one line."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = ["train", *args]
         return super().parse_args(ctx, args)
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except HumanlineError as err:
-            click.echo(f"error: {err}", err=True)
-            sys.exit(2)
 
 
 @click.group(cls=_DefaultTrainGroup)

@@ -43,7 +43,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from humanline_data.errors import HumanlineError
 from humanline_data.models import model_fingerprint, resolve_model
 from humanline_train import checkpoint, losses
-from humanline_train.batches import Batch, ShardLoader, steps_per_epoch_estimate
+from humanline_train.batches import Batch, ShardLoader, open_shards, steps_per_epoch_estimate
 from humanline_train.logprobs import completion_logprobs
 from humanline_train.reference import CachedReference, CopyReference, LookaheadReference, cache_path
 
@@ -116,6 +116,7 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
     if not cfg.resume:
         checkpoint.check_new_run_dir(run_dir)
     _seed_everything(cfg.seed)
+    first_shard = open_shards(cfg.shards, cfg.loss) if cfg.shards and not resume_from else None
     model_path = resolve_model(cfg.model)
     tokenizer = load_tokenizer(model_path)
     state, reference_state = checkpoint.load(resume_from) if resume_from else ({}, {})
@@ -127,7 +128,7 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
         data["shard"] = str(refresher.shard_for_round(0, step, model_path, cfg.refresh_every >= cfg.max_steps))
     elif cfg.refresh_async and step == 0 and cfg.refresh_every < cfg.max_steps:
         refresher.prefetch(1, model_path)  # round 1 samples from the initial model while round 0 trains
-    loader = make_loader(cfg, data["shard"], tokenizer, accel)
+    loader = make_loader(cfg, first_shard or data["shard"], tokenizer, accel)
     stream = StepStream(loader, cfg.grad_accum, (step - data["segment_start"]) * cfg.grad_accum * accel.num_processes)
     total = planned_steps(cfg, loader)
     if not stream.peek(1):
@@ -416,7 +417,7 @@ def load_policy(model_path: Path, cfg: TrainConfig, lora_state: dict | None) -> 
     return model.train()
 
 
-def make_loader(cfg: TrainConfig, shards: str, tokenizer, accel: Accelerator) -> ShardLoader:
+def make_loader(cfg: TrainConfig, shards, tokenizer, accel: Accelerator) -> ShardLoader:
     return ShardLoader(
         shards, cfg.loss, tokenizer, batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed,
         epochs=None if cfg.refresh_every else cfg.epochs, process_index=accel.process_index,
