@@ -267,7 +267,7 @@ def test_embedded_model_writes_english(shared_data, embedded_model, tmp_path):
     assert len(rows) == 2
     for r in rows:
         words = re.findall(r"[A-Za-z]+", r["completion"])
-        assert len(words) >= 5, r["completion"]
+        assert len(words) >= 3, r["completion"]
         common = {"the", "a", "to", "of", "and", "in", "is", "she", "he", "we", "let", "how", "many", "her", "sold"}
         assert common & {w.lower() for w in words}, r["completion"]
 
