@@ -84,3 +84,11 @@ def test_cached_offline_reference_equals_live_initial_model(pairs, tiny_model, t
     # every entry holds the initial model's log-probs of one row's completion tokens
     entries = CachedReference(files[0]).entries
     assert entries and all(v.dtype == torch.float32 and (v < 0).all() for v in entries.values())
+
+
+def test_lookahead_matches_copy_under_lora_and_gradient_checkpointing(pairs, tiny_model, tmp_path):
+    common = dict(max_steps=3, lora_r=4)
+    copied = losses_of(train(tiny_config(pairs, tiny_model, tmp_path / "copy", reference="copy", **common)))
+    looked = losses_of(train(tiny_config(pairs, tiny_model, tmp_path / "look", gradient_checkpointing=True, **common)))
+    assert looked == pytest.approx(copied, abs=1e-6)
+    assert copied[0] == pytest.approx(0.6931, abs=1e-4) and copied[1] != copied[0]
