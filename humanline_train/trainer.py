@@ -110,23 +110,24 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
     before ``optimizer.step()``."""
     hooks = hooks or {}
     _check_config(cfg)
-    accel = Accelerator()
+    accel = Accelerator(cpu=not torch.cuda.is_available())
     run_dir = Path(cfg.out)
     resume_from = checkpoint.check_resume(run_dir, cfg.settings()) if cfg.resume else None
     if not cfg.resume:
         checkpoint.check_new_run_dir(run_dir)
+    accel.wait_for_everyone()  # every process has checked before the main one creates anything
     _seed_everything(cfg.seed)
     first_shard = open_shards(cfg.shards, cfg.loss) if cfg.shards and not resume_from else None
     model_path = resolve_model(cfg.model)
     tokenizer = load_tokenizer(model_path)
     state, reference_state = checkpoint.load(resume_from) if resume_from else ({}, {})
-    refresher = Refresher(cfg, run_dir, model_path)
+    refresher = Refresher(cfg, run_dir, model_path, accel)
 
     step = state.get("step", 0)
     data = state.get("data") or {"shard": cfg.shards, "segment_start": 0, "round": 0}
     if data["shard"] is None:  # online run without a first shard: sample one with the initial model
         data["shard"] = str(refresher.shard_for_round(0, step, model_path, cfg.refresh_every >= cfg.max_steps))
-    elif cfg.refresh_async and step == 0 and cfg.refresh_every < cfg.max_steps:
+    elif cfg.refresh_async and step == 0 and cfg.refresh_every < cfg.max_steps and accel.is_main_process:
         refresher.prefetch(1, model_path)  # round 1 samples from the initial model while round 0 trains
     loader = make_loader(cfg, first_shard or data["shard"], tokenizer, accel)
     stream = StepStream(loader, cfg.grad_accum, (step - data["segment_start"]) * cfg.grad_accum * accel.num_processes)
@@ -148,7 +149,7 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
         reference.load_state_dict(reference_state)
         checkpoint.set_rng_state(state["rng"])
         checkpoint.truncate_metrics(run_dir, step)
-    else:
+    elif accel.is_main_process:
         checkpoint.start_run_dir(run_dir, cfg.settings())
     if isinstance(reference, CachedReference):  # never synced: the whole run against the initial model
         cached_window = StepStream(make_loader(cfg, data["shard"], tokenizer, accel), cfg.grad_accum, stream.position)
@@ -326,8 +327,8 @@ class StepStream:
 class Refresher:
     """Online rounds: the shard version each segment trains on (SPEC §4)."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, model_path: Path) -> None:
-        self.cfg, self.run_dir, self.model_path = cfg, run_dir, model_path
+    def __init__(self, cfg: TrainConfig, run_dir: Path, model_path: Path, accel: Accelerator) -> None:
+        self.cfg, self.run_dir, self.model_path, self.accel = cfg, run_dir, model_path, accel
         self.pending: dict[int, Future] = {}
         self.pool: ProcessPoolExecutor | None = None
 
@@ -336,6 +337,9 @@ class Refresher:
         at ``step``), sampled with that policy (sync) or with the one at the previous refresh
         (async; then the next round starts sampling now unless ``last_round``); recorded in
         ``refreshes.json`` so a resumed run reuses it."""
+        if not self.accel.is_main_process:  # the main process samples; the others read its record
+            self.accel.wait_for_everyone()
+            return Path(checkpoint.read_refreshes(self.run_dir)[round_index])
         recorded = checkpoint.read_refreshes(self.run_dir)
         if round_index in recorded:
             shard = Path(recorded[round_index])
@@ -347,10 +351,11 @@ class Refresher:
             shard = self._make(source, round_index)
         else:
             shard = self._make(policy_dir, round_index)
-        if self.run_dir.is_dir():
-            checkpoint.record_refresh(self.run_dir, round_index, shard)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.record_refresh(self.run_dir, round_index, shard)
         if self.cfg.refresh_async and not last_round and round_index + 1 not in recorded:
             self.prefetch(round_index + 1, policy_dir)
+        self.accel.wait_for_everyone()
         return shard
 
     def prefetch(self, round_index: int, model_dir: Path) -> None:
