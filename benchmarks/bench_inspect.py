@@ -45,7 +45,7 @@ def main() -> None:
         generate_s = time.perf_counter() - start
         parquet_mb = sum(p.stat().st_size for p in scored.glob("*.parquet")) / 1e6
         child = subprocess.run([sys.executable, "-c", CHILD, str(scored)], capture_output=True, text=True, check=True)
-    report = json.loads(child.stdout)
+    report = json.loads(child.stdout.splitlines()[-1])
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
     result = {
         "rows": report["rows"], "prompts": report["prompts"], "completion_chars": [40, 160],

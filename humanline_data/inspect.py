@@ -58,6 +58,7 @@ def connect(path: str | os.PathLike, sql: str = "") -> tuple[duckdb.DuckDBPyConn
     the dataset's versions that ``sql`` names; the opened (verified) version."""
     version = open_version(path)
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")  # it would print into csv/json output
     _create_view(con, "data", version)
     for other in list_versions(version.path.parent):
         if re.search(rf"\b{other.name}\b", sql, flags=re.IGNORECASE):
