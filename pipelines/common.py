@@ -1,0 +1,248 @@
+"""Shared plumbing of the recipes in ``pipelines/``: run a stage CLI, keep its output, report.
+
+A recipe is a chain of ``humanline-data`` / ``humanline-train`` commands run as subprocesses
+(the recipe never copies their logic). :class:`Steps` runs one command, appends it to
+``RUN_DIR/commands.sh`` (so a run can be replayed by hand), keeps its stderr in
+``RUN_DIR/logs/NN-<name>.log``, times it, and returns the last line of stdout: the version
+or run directory the command wrote. :func:`write_results` writes ``results.json`` and a
+markdown table ``results.md``. :func:`tiny_models` builds the random tiny policy and reward
+model the dry runs use.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+TOKENIZER_DIR = ROOT / "tests" / "fixtures" / "smollm2_tokenizer"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class StepFailed(RuntimeError):
+    """A command of the recipe exited with a non-zero status."""
+
+
+def executable(name: str) -> str:
+    """The console script ``name`` of the running interpreter's environment, else from PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise StepFailed(f"{name}: not found (install the project: pip install -e .)")
+    return found
+
+
+class Steps:
+    """Runs the commands of one recipe run in ``run_dir``; ``seconds`` holds each one's wall time."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.logs = self.run_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.script = self.run_dir / "commands.sh"
+        if not self.script.exists():
+            self.script.write_text("#!/usr/bin/env bash\n# Commands run by the recipe, in order.\nset -euo pipefail\n")
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, program: str, *args) -> str:
+        """Run ``program args`` (program: ``humanline-data`` or ``humanline-train``); return the
+        last stdout line. Raises :class:`StepFailed` with the tail of stderr on failure."""
+        argv = [program, *map(str, args)]
+        with open(self.script, "a") as script:
+            script.write(shlex.join(argv) + "\n")
+        log = self.logs / f"{len(self.seconds):02d}-{name}.log"
+        print(f"[{name}] {shlex.join(argv)}", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        with open(log, "w") as err:
+            done = subprocess.run([executable(program), *argv[1:]], stdout=subprocess.PIPE, stderr=err, text=True)
+        self.seconds[name] = round(time.perf_counter() - started, 2)
+        lines = done.stdout.strip().splitlines()
+        if done.returncode != 0 or not lines:
+            tail = log.read_text().strip().splitlines()[-5:]
+            raise StepFailed(f"step {name!r} failed (exit {done.returncode}; log {log}): " + " | ".join(tail))
+        return lines[-1]
+
+    def data(self, name: str, *args) -> str:
+        return self.run(name, "humanline-data", *args)
+
+    def train(self, name: str, *args) -> str:
+        return self.run(name, "humanline-train", *args)
+
+    def inspect(self, name: str, version) -> Path:
+        """Save ``humanline-data inspect VERSION`` as ``RUN_DIR/inspect_<name>.txt``."""
+        argv = [executable("humanline-data"), "inspect", str(version)]
+        with open(self.script, "a") as script:
+            script.write(shlex.join(["humanline-data", "inspect", str(version)]) + f" > inspect_{name}.txt\n")
+        done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"})
+        if done.returncode != 0:
+            raise StepFailed(f"inspect {version} failed: {done.stderr.strip()}")
+        out = self.run_dir / f"inspect_{name}.txt"
+        out.write_text(done.stdout)
+        return out
+
+    def evaluate(self, name: str, model, prompts, scorer: str, *args) -> dict:
+        """``humanline-train eval`` of ``model``; its JSON result (also saved as eval_<name>.json)."""
+        out = self.run_dir / "evals" / f"{name}.json"
+        self.train(f"eval-{name}", "eval", "--model", model, "--prompts", prompts, "--scorer", scorer,
+                   "--work", self.run_dir / "evals" / name, "--out", out, *args)
+        return json.loads(out.read_text())
+
+    def plot(self, name: str, run_dirs: list, metrics: list[str]) -> Path:
+        """PNG of ``metrics`` (those the runs logged) over the runs: ``RUN_DIR/<name>.png``."""
+        logged = {key for d in run_dirs for key in logged_metrics(Path(d))}
+        chosen = [m for m in metrics if m in logged]
+        out = self.run_dir / f"{name}.png"
+        self.train(f"plot-{name}", "plot", *run_dirs, "--out", out, "--metrics", ",".join(chosen))
+        return out
+
+
+def logged_metrics(run_dir: Path) -> set[str]:
+    """Names of the numeric metrics in the first line of ``run_dir/metrics.jsonl``."""
+    with open(run_dir / "metrics.jsonl") as f:
+        first = json.loads(f.readline())
+    return {k for k, v in first.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def final_checkpoint(run_dir) -> Path:
+    """The checkpoint with the most steps in ``run_dir/checkpoints`` (an HF model folder)."""
+    found = [(int(m.group(1)), p) for p in (Path(run_dir) / "checkpoints").iterdir() if (m := _STEP_DIR.match(p.name))]
+    if not found:
+        raise StepFailed(f"{run_dir}: no checkpoint")
+    return max(found)[1]
+
+
+def prune_checkpoints(run_dir) -> None:
+    """Delete every checkpoint of a finished run but the final one (online runs save one per
+    refresh, ~12x the model's size in float32 weights plus AdamW state)."""
+    last = final_checkpoint(run_dir)
+    for path in (Path(run_dir) / "checkpoints").iterdir():
+        if path != last and _STEP_DIR.match(path.name):
+            shutil.rmtree(path)
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """The rows of ``run_dir/metrics.jsonl``."""
+    return [json.loads(line) for line in open(Path(run_dir) / "metrics.jsonl") if line.strip()]
+
+
+def manifest(version) -> dict:
+    """The manifest of a dataset version folder."""
+    return json.loads((Path(version) / "manifest.json").read_text())
+
+
+def round_rewards(run_dir, correct_at: float | None = None) -> list[dict]:
+    """One row per online round of ``run_dir`` (from ``refreshes.json`` and the shards' lineage):
+    ``round``, ``step`` (the round's first step), ``shard``, ``scored`` (its parent version),
+    ``completions`` (samples generated), ``reward_mean`` and, with ``correct_at``, ``correct_frac``
+    (fraction of samples whose reward is at least ``correct_at``)."""
+    import pyarrow.parquet as pq
+
+    run_dir = Path(run_dir)
+    every = json.loads((run_dir / "settings.json").read_text())["refresh_every"]
+    rounds = json.loads((run_dir / "refreshes.json").read_text())
+    rows = []
+    for index, shard in sorted(((int(k), v) for k, v in rounds.items())):
+        scored = manifest(shard)["parents"][0]["path"]
+        scored_manifest = manifest(scored)
+        row = {"round": index, "step": index * every, "shard": shard, "scored": scored,
+               "completions": scored_manifest["rows"], "reward_mean": scored_manifest["stats"]["reward_mean"]}
+        if correct_at is not None:
+            rewards = [r for f in scored_manifest["files"] for r in pq.read_table(Path(scored) / f["name"], columns=["reward"]).column("reward").to_pylist()]
+            row["correct_frac"] = sum(r >= correct_at for r in rewards) / len(rewards) if rewards else None
+        rows.append(row)
+    return rows
+
+
+def plot_round_rewards(runs: dict[str, list[dict]], out: Path, key: str = "reward_mean") -> Path:
+    """PNG of ``key`` of each round's samples against the round's first step, one line per run
+    (``runs``: label -> rows like :func:`round_rewards`'s)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for i, (label, rounds) in enumerate(runs.items()):
+        steps = [r["step"] for r in rounds]
+        ax.step(steps, [r[key] for r in rounds], where="post", marker="o", ms=3, label=label, ls="--" if i % 2 else "-")
+    ax.set_xlabel("step (round start)")
+    ax.set_ylabel(key.replace("_", " ") + " of the round's samples")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return Path(out)
+
+
+def mean_se(values: list[float]) -> tuple[float, float | None]:
+    """Mean and standard error of the mean (sample std, ddof 1); se None for fewer than 2 values."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def fmt(value, se=None, digits: int = 3) -> str:
+    """``0.123 ± 0.045`` (or just the value; ``-`` for None)."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        text = f"{value:.{digits}f}"
+    else:
+        text = str(value)
+    return f"{text} ± {se:.{digits}f}" if se is not None else text
+
+
+def write_results(run_dir: Path, results: dict, title: str, columns: list[str], rows: list[list], notes: str = "") -> None:
+    """Write ``results.json`` (``results``) and ``results.md`` (``title``, a table, ``notes``)."""
+    run_dir = Path(run_dir)
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    if notes:
+        lines += ["", notes.strip()]
+    (run_dir / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def tiny_models(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """A random 2-layer Llama policy and a random 1-label Llama reward model, both with the
+    real SmolLM2 tokenizer and chat template, saved under ``folder`` (dry runs only)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    config = LlamaConfig(
+        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=1,
+        eos_token_id=2, pad_token_id=2, num_labels=1,
+    )
+    paths = []
+    for name, cls in (("policy", LlamaForCausalLM), ("reward_model", LlamaForSequenceClassification)):
+        torch.manual_seed(seed)
+        path = Path(folder) / name
+        if not (path / "config.json").is_file():
+            cls(config).to(torch.float32).save_pretrained(path)
+            for f in TOKENIZER_DIR.iterdir():
+                shutil.copy(f, path / f.name)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def add_common_flags(parser) -> None:
+    """``--out RUN_DIR``, ``--dry-run`` and ``--seed`` (every recipe has them)."""
+    parser.add_argument("--out", type=Path, required=True, help="Run directory (created).")
+    parser.add_argument("--dry-run", action="store_true", help="Tiny random model, a few prompts and steps (CPU, minutes).")
+    parser.add_argument("--seed", type=int, default=0)
