@@ -19,13 +19,16 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 TOKENIZER_DIR = ROOT / "tests" / "fixtures" / "smollm2_tokenizer"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+WATCH_SECONDS = 5
 
 
 class StepFailed(RuntimeError):
@@ -54,30 +57,49 @@ class Steps:
         if not self.script.exists():
             self.script.write_text("#!/usr/bin/env bash\n# Commands run by the recipe, in order.\nset -euo pipefail\n")
         self.seconds: dict[str, float] = {}
+        self.started = time.perf_counter()
 
-    def run(self, name: str, program: str, *args) -> str:
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return round(time.perf_counter() - self.started, 1)
+
+    def run(self, name: str, program: str, *args, while_running: Callable[[], None] | None = None) -> str:
         """Run ``program args`` (program: ``humanline-data`` or ``humanline-train``); return the
-        last stdout line. Raises :class:`StepFailed` with the tail of stderr on failure."""
+        last stdout line. ``while_running`` is called every few seconds until the command ends.
+        Raises :class:`StepFailed` with the tail of stderr on failure."""
         argv = [program, *map(str, args)]
         with open(self.script, "a") as script:
             script.write(shlex.join(argv) + "\n")
         log = self.logs / f"{len(self.seconds):02d}-{name}.log"
         print(f"[{name}] {shlex.join(argv)}", file=sys.stderr, flush=True)
         started = time.perf_counter()
-        with open(log, "w") as err:
-            done = subprocess.run([executable(program), *argv[1:]], stdout=subprocess.PIPE, stderr=err, text=True)
+        with open(log, "w") as err, tempfile.TemporaryFile("w+") as out:
+            process = subprocess.Popen([executable(program), *argv[1:]], stdout=out, stderr=err, text=True)
+            while True:
+                try:
+                    process.wait(timeout=WATCH_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    if while_running is not None:
+                        while_running()
+            out.seek(0)
+            lines = out.read().strip().splitlines()
         self.seconds[name] = round(time.perf_counter() - started, 2)
-        lines = done.stdout.strip().splitlines()
-        if done.returncode != 0 or not lines:
+        if process.returncode != 0 or not lines:
             tail = log.read_text().strip().splitlines()[-5:]
-            raise StepFailed(f"step {name!r} failed (exit {done.returncode}; log {log}): " + " | ".join(tail))
+            raise StepFailed(f"step {name!r} failed (exit {process.returncode}; log {log}): " + " | ".join(tail))
         return lines[-1]
 
     def data(self, name: str, *args) -> str:
         return self.run(name, "humanline-data", *args)
 
-    def train(self, name: str, *args) -> str:
-        return self.run(name, "humanline-train", *args)
+    def train(self, name: str, *args, keep_checkpoints: bool = True) -> str:
+        """``humanline-train args``; unless ``keep_checkpoints``, checkpoints older than the newest
+        two are deleted while it runs (an online run saves one per refresh, ~12x the model's
+        float32 size with AdamW state; the newest two are all that sampling and resume read)."""
+        out = Path(args[list(map(str, args)).index("--out") + 1]) if "--out" in map(str, args) else None
+        watch = None if keep_checkpoints or out is None else (lambda: prune_checkpoints(out, keep=2))
+        return self.run(name, "humanline-train", *args, while_running=watch)
 
     def inspect(self, name: str, version) -> Path:
         """Save ``humanline-data inspect VERSION`` as ``RUN_DIR/inspect_<name>.txt``."""
@@ -122,13 +144,14 @@ def final_checkpoint(run_dir) -> Path:
     return max(found)[1]
 
 
-def prune_checkpoints(run_dir) -> None:
-    """Delete every checkpoint of a finished run but the final one (online runs save one per
-    refresh, ~12x the model's size in float32 weights plus AdamW state)."""
-    last = final_checkpoint(run_dir)
-    for path in (Path(run_dir) / "checkpoints").iterdir():
-        if path != last and _STEP_DIR.match(path.name):
-            shutil.rmtree(path)
+def prune_checkpoints(run_dir, keep: int = 1) -> None:
+    """Delete every ``checkpoints/step-N`` of ``run_dir`` but the newest ``keep``."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_DIR.match(p.name)))
+    for _, path in found[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def read_metrics(run_dir) -> list[dict]:
@@ -143,19 +166,20 @@ def manifest(version) -> dict:
 
 def round_rewards(run_dir, correct_at: float | None = None) -> list[dict]:
     """One row per online round of ``run_dir`` (from ``refreshes.json`` and the shards' lineage):
-    ``round``, ``step`` (the round's first step), ``shard``, ``scored`` (its parent version),
+    ``round``, ``step`` (the round's first step), ``end_step`` (after its last), ``shard``, ``scored`` (its parent version),
     ``completions`` (samples generated), ``reward_mean`` and, with ``correct_at``, ``correct_frac``
     (fraction of samples whose reward is at least ``correct_at``)."""
     import pyarrow.parquet as pq
 
     run_dir = Path(run_dir)
-    every = json.loads((run_dir / "settings.json").read_text())["refresh_every"]
+    settings = json.loads((run_dir / "settings.json").read_text())
+    every, total = settings["refresh_every"], settings["max_steps"]
     rounds = json.loads((run_dir / "refreshes.json").read_text())
     rows = []
     for index, shard in sorted(((int(k), v) for k, v in rounds.items())):
         scored = manifest(shard)["parents"][0]["path"]
         scored_manifest = manifest(scored)
-        row = {"round": index, "step": index * every, "shard": shard, "scored": scored,
+        row = {"round": index, "step": index * every, "end_step": min((index + 1) * every, total), "shard": shard, "scored": scored,
                "completions": scored_manifest["rows"], "reward_mean": scored_manifest["stats"]["reward_mean"]}
         if correct_at is not None:
             rewards = [r for f in scored_manifest["files"] for r in pq.read_table(Path(scored) / f["name"], columns=["reward"]).column("reward").to_pylist()]
@@ -174,8 +198,10 @@ def plot_round_rewards(runs: dict[str, list[dict]], out: Path, key: str = "rewar
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for i, (label, rounds) in enumerate(runs.items()):
-        steps = [r["step"] for r in rounds]
-        ax.step(steps, [r[key] for r in rounds], where="post", marker="o", ms=3, label=label, ls="--" if i % 2 else "-")
+        steps = [r["step"] for r in rounds] + [rounds[-1]["end_step"]]
+        values = [r[key] for r in rounds]
+        ax.step(steps, values + values[-1:], where="post", label=label, ls="--" if i % 2 else "-")
+        ax.plot(steps[:-1], values, "o", ms=3, color=ax.lines[-1].get_color())
     ax.set_xlabel("step (round start)")
     ax.set_ylabel(key.replace("_", " ") + " of the round's samples")
     ax.grid(alpha=0.3)
@@ -239,6 +265,27 @@ def tiny_models(folder: Path, seed: int = 0) -> tuple[Path, Path]:
                 shutil.copy(f, path / f.name)
         paths.append(path)
     return paths[0], paths[1]
+
+
+def cli(main) -> None:
+    """Run a recipe's ``main``; a failed step ends it with one line on stderr and exit status 1."""
+    try:
+        main()
+    except StepFailed as err:
+        sys.exit(f"error: {err}")
+
+
+def start(args) -> Steps:
+    """The :class:`Steps` of ``args.out``; fills ``args.model`` (and ``args.reward_model`` where the
+    recipe has one) left unset: tiny random models for a dry run, else the embedded model."""
+    steps = Steps(args.out)
+    if args.dry_run and args.model is None:
+        policy, reward_model = tiny_models(args.out / "models", args.seed)
+        args.model = str(policy)
+        if getattr(args, "reward_model", False) is None:
+            args.reward_model = str(reward_model)
+    args.model = args.model or "smollm2-135m-instruct"
+    return steps
 
 
 def add_common_flags(parser) -> None:

@@ -34,13 +34,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.common import (  # noqa: E402
-    SHARED_DATA, Steps, add_common_flags, final_checkpoint, fmt, prune_checkpoints, tiny_models, write_results,
+    SHARED_DATA, Steps, add_common_flags, cli, start, final_checkpoint, fmt, prune_checkpoints, write_results,
 )
 
 # SPEC §3, instruction following (Llama-3-8B-Instruct, UltraFeedback-ArmoRM, AlpacaEval 2).
@@ -205,12 +204,7 @@ def shards_used(run_dir: Path, offline_shard: str | None) -> list[str]:
 def main(argv=None) -> Path:
     args = parse_args(argv)
     run = args.out
-    steps = Steps(run)
-    started = time.perf_counter()
-    if args.dry_run and args.model is None:
-        policy, rm = tiny_models(run / "models", args.seed)
-        args.model, args.reward_model = str(policy), str(rm)
-    args.model = args.model or "smollm2-135m-instruct"
+    steps = start(args)
     scorer = f"rm:{Path(args.reward_model).resolve()}"
     data_dir = run / "data"
 
@@ -248,7 +242,7 @@ def main(argv=None) -> Path:
         for variant in args.variants:
             name = f"{loss}-{variant.replace('+', '-')}"
             run_dir = Path(steps.train(f"train-{name}", *train_args(args, loss, variant, data, scorer),
-                                       "--out", run / "runs" / name))
+                                       "--out", run / "runs" / name, keep_checkpoints=args.keep_checkpoints))
             result = steps.evaluate(name, final_checkpoint(run_dir), data["eval_prompts"], scorer, *eval_flags)
             if not args.keep_checkpoints:
                 prune_checkpoints(run_dir)
@@ -266,7 +260,7 @@ def main(argv=None) -> Path:
         "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
         "data": data, "initial": {"win_rate": before["value"], "win_rate_se": before["se"],
                                   "lc_win_rate": before["length_controlled"]["value"], "eval": before},
-        "runs": runs, "step_seconds": steps.seconds, "wall_seconds": round(time.perf_counter() - started, 1),
+        "runs": runs, "step_seconds": steps.seconds, "wall_seconds": steps.elapsed(),
     }
     rows = [["initial model", "-", fmt(before["value"], before["se"]),
              fmt(before["length_controlled"]["value"], before["length_controlled"]["se"]), "-"]]
@@ -282,4 +276,4 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

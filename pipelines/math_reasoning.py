@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.common import (  # noqa: E402
-    SHARED_DATA, Steps, add_common_flags, final_checkpoint, fmt, plot_round_rewards, prune_checkpoints,
-    round_rewards, tiny_models, write_results,
+    SHARED_DATA, Steps, add_common_flags, cli, start, final_checkpoint, fmt, plot_round_rewards, prune_checkpoints,
+    round_rewards, write_results,
 )
 
 REWARDS = Path(__file__).resolve().parent / "rewards.py"
@@ -155,11 +154,7 @@ def import_math(steps: Steps, args, data_dir: Path) -> dict:
 def main(argv=None) -> Path:
     args = parse_args(argv)
     run = args.out
-    steps = Steps(run)
-    started = time.perf_counter()
-    if args.dry_run and args.model is None:
-        args.model = str(tiny_models(run / "models", args.seed)[0])
-    args.model = args.model or "smollm2-135m-instruct"
+    steps = start(args)
     data = import_math(steps, args, run / "data")
     eval_flags = ["--n", 1, "--temperature", 0, "--max-new-tokens", args.max_new_tokens, "--seed", args.seed]
     before = steps.evaluate("initial", args.model, data["test"], "math", *eval_flags)
@@ -167,7 +162,8 @@ def main(argv=None) -> Path:
     runs: dict[str, dict] = {}
     for name, (refresh_every, humanline) in variants(args).items():
         run_dir = Path(steps.train(f"train-{name}", *grpo_flags(args, data["train"], args.scorer, refresh_every,
-                                                               humanline, args.seed), "--out", run / "runs" / name))
+                                                               humanline, args.seed), "--out", run / "runs" / name,
+                                   keep_checkpoints=args.keep_checkpoints))
         result = steps.evaluate(name, final_checkpoint(run_dir), data["test"], "math", *eval_flags)
         if not args.keep_checkpoints:
             prune_checkpoints(run_dir)
@@ -187,7 +183,7 @@ def main(argv=None) -> Path:
         "recipe": "math_reasoning", "dry_run": args.dry_run, "model": args.model, "scorer": args.scorer,
         "settings": {k: v for k, v in vars(args).items() if k != "out"}, "data": data,
         "initial": {"pass_at_1": before["value"], "pass_at_1_se": before["se"], "eval": before},
-        "runs": runs, "step_seconds": steps.seconds, "wall_seconds": round(time.perf_counter() - started, 1),
+        "runs": runs, "step_seconds": steps.seconds, "wall_seconds": steps.elapsed(),
     }
     rows = [["initial model", "-", "-", fmt(before["value"], before["se"]), "-", "-"]]
     rows += [[name, r["refresh_every"], "yes" if r["humanline"] else "no", fmt(r["pass_at_1"], r["pass_at_1_se"]),
@@ -201,4 +197,4 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -1,0 +1,211 @@
+"""The recipes in pipelines/: their dry runs end to end (tiny random models, real stage CLIs and
+trainer), their flags, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from pipelines import cpu_replication, instruction_following, math_reasoning  # noqa: E402
+from pipelines.common import StepFailed, Steps, manifest, mean_se  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def run_recipe(name: str, out: Path, *flags) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "pipelines" / f"{name}.py"), "--out", str(out), *flags],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width > 100 and height > 100
+
+
+def assert_common_outputs(run: Path, done: subprocess.CompletedProcess, inspected: list[str]) -> dict:
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == str(run)
+    results = json.loads((run / "results.json").read_text())
+    assert results["dry_run"] is True and results["wall_seconds"] > 0
+    assert (run / "results.md").read_text().startswith("# ")
+    for name in inspected:
+        text = (run / f"inspect_{name}.txt").read_text()
+        assert "rows" in text.lower(), name
+    commands = (run / "commands.sh").read_text().splitlines()
+    assert any(c.startswith("humanline-train ") for c in commands)
+    return results
+
+
+def lineage(version: str) -> list[str]:
+    """Kinds from ``version`` down its first parents to the root."""
+    kinds = []
+    while version:
+        m = manifest(version)
+        kinds.append(m["kind"])
+        version = m["parents"][0]["path"] if m["parents"] else None
+    return kinds
+
+
+@pytest.mark.slow
+def test_instruction_following_dry_run(tmp_path):
+    run = tmp_path / "if"
+    done = run_recipe("instruction_following", run, "--dry-run", "--variants", "offline,online+humanline")
+    results = assert_common_outputs(
+        run, done, ["prompts", "completions", "scored", "pairs", "unpaired", "eval_prompts", "baseline"]
+    )
+    assert set(results["runs"]) == {f"{loss}-{v}" for loss in ("dpo", "kto", "grpo") for v in ("offline", "online-humanline")}
+    for name, r in results["runs"].items():
+        assert 0.0 <= r["win_rate"] <= 1.0 and 0.0 <= r["lc_win_rate"] <= 1.0
+        assert r["eval"]["count"] == 4 and r["eval"]["metric"] == "win_rate"
+        settings = json.loads((Path(r["run_dir"]) / "settings.json").read_text())
+        assert settings["humanline"] == name.endswith("humanline")
+        for shard in r["shards"]:  # the shard trained on: pairs/unpaired <- scored <- completions <- prompts
+            kinds = lineage(shard)
+            assert kinds[1:3] == ["scored", "completions"] and kinds[-1] == "prompts"
+        if "online" in name:  # every round after the first was sampled by a checkpoint of this run
+            assert settings["refresh_every"] == 1 and len(r["shards"]) == 2
+            sampler = manifest(manifest(manifest(r["shards"][1])["parents"][0]["path"])["parents"][0]["path"])
+            assert r["run_dir"] in json.dumps(sampler["producer"]) + json.dumps(sampler["params"])
+        else:
+            assert r["shards"] == [results["data"]["unpaired" if r["loss"] == "kto" else "pairs"]]
+    assert results["initial"]["eval"]["count"] == 4
+    for loss in ("dpo", "kto", "grpo"):
+        assert_png(run / f"curves_{loss}.png")
+    table = (run / "results.md").read_text()
+    assert table.count("| dpo |") == 2 and "initial model" in table
+
+
+@pytest.mark.slow
+def test_math_reasoning_dry_run(tmp_path):
+    run = tmp_path / "math"
+    done = run_recipe("math_reasoning", run, "--dry-run")
+    results = assert_common_outputs(run, done, ["train", "test", "online_round0", "offline_round0", "humanline_round0"])
+    runs = results["runs"]
+    assert {k: (r["refresh_every"], r["humanline"]) for k, r in runs.items()} == {
+        "online": (1, False), "offline": (4, False), "humanline": (4, True)}
+    # the same completions for every variant: 4 steps x 2 prompts x 2 samples
+    assert [r["completions_generated"] for r in runs.values()] == [16, 16, 16]
+    assert [len(r["rounds"]) for r in runs.values()] == [4, 1, 1]
+    for r in runs.values():
+        assert r["eval"]["metric"] == "pass@1" and r["eval"]["count"] == 5
+        for round_ in r["rounds"]:
+            assert lineage(round_["shard"])[:4] == ["groups", "scored", "completions", "prompts"]
+            assert lineage(round_["shard"])[-1] == "prompts" and results["data"]["train"] in json.dumps(
+                manifest(manifest(manifest(round_["scored"])["parents"][0]["path"])["parents"][0]["path"])["parents"])
+    assert json.loads((Path(runs["humanline"]["run_dir"]) / "settings.json").read_text())["sync_k"] == 2
+    assert_png(run / "curves.png")
+    assert_png(run / "rewards.png")
+
+
+@pytest.mark.slow
+def test_cpu_replication_dry_run(tmp_path):
+    run = tmp_path / "cpu"
+    done = run_recipe("cpu_replication", run, "--dry-run", "--with-dpo")
+    results = assert_common_outputs(run, done, ["train", "test", "online_round0", "stale_round0",
+                                                "stale_humanline_round0", "dpo_pairs_seed0"])
+    summary = results["variants"]
+    assert list(summary) == ["online", "stale", "stale+humanline", "dpo+humanline"]
+    assert [summary[k]["completions_generated"] for k in ("online", "stale", "stale+humanline")] == [16, 16, 16]
+    for name, s in summary.items():
+        assert 0.0 <= s["accuracy"] <= 1.0 and len(s["per_seed_accuracy"]) == 1
+        assert s["train_seconds"] > 0
+    assert summary["stale+humanline"]["humanline"] and not summary["stale"]["humanline"]
+    dpo = results["seeds"]["dpo+humanline"][0]
+    assert lineage(dpo["shards"][0])[:3] == ["pairs", "scored", "completions"]
+    assert dpo["shards"][0].startswith(str(run / "data" / "dpo_pairs"))
+    # train and test problems come from the same generator and never overlap
+    train = {json.loads(x)["prompt"] for x in (run / "task" / "arithmetic_train.jsonl").read_text().splitlines()}
+    test = {json.loads(x)["prompt"] for x in (run / "task" / "arithmetic_test.jsonl").read_text().splitlines()}
+    assert len(test) == 5 and len(train) == 8 and not train & test
+    assert_png(run / "curves.png")
+    assert_png(run / "rewards.png")
+    assert "± " in (run / "results.md").read_text() or "1 seeds" in (run / "results.md").read_text()
+
+
+def test_arithmetic_problems_are_disjoint_correct_and_seeded():
+    test, train = cpu_replication.arithmetic_problems(7, 50, 500)
+    assert len({r["prompt"] for r in test + train}) == 550
+    for row in test + train:
+        a, op, b = row["prompt"].removeprefix("What is ").split("?")[0].split()
+        assert int(row["answer"]) == (int(a) + int(b) if op == "+" else int(a) - int(b)) >= 0
+        assert 10 <= int(a) <= 99 and 10 <= int(b) <= 99
+    assert cpu_replication.arithmetic_problems(7, 50, 500) == (test, train)
+    assert cpu_replication.arithmetic_problems(8, 50, 500)[0] != test
+
+
+def flag_map(flags: list) -> dict:
+    out, key = {}, None
+    for item in map(str, flags):
+        if item.startswith("--"):
+            key = item
+            out[key] = True
+        else:
+            out[key] = item
+    return out
+
+
+def test_instruction_following_variants_map_to_trainer_flags():
+    args = instruction_following.parse_args(["--out", "x", "--reward-model", "rm", "--model", "m"])
+    data = {"prompts": "P", "pairs": "PAIRS", "unpaired": "UNPAIRED"}
+    offline = flag_map(instruction_following.train_args(args, "dpo", "offline", data, "rm:rm"))
+    assert offline["--no-humanline"] is True and offline["--shards"] == "PAIRS" and "--refresh-every" not in offline
+    assert (offline["--lr"], offline["--batch-size"], offline["--max-steps"]) == ("5e-06", "32", "312")
+    kto = flag_map(instruction_following.train_args(args, "kto", "offline+humanline", data, "rm:rm"))
+    assert kto["--shards"] == "UNPAIRED" and kto["--sync-k"] == "1" and "--no-humanline" not in kto
+    assert (kto["--batch-size"], kto["--desirable-weight"], kto["--log-eps-p"]) == ("64", "1.1", "-1.5")
+    online = flag_map(instruction_following.train_args(args, "grpo", "online", data, "rm:rm"))
+    assert online["--refresh-every"] == "32" and online["--pair-mode"] == "pairs" and online["--lr"] == "2.5e-06"
+    assert online["--no-humanline"] is True and "--shards" not in online and online["--eps-low"] == "0.15"
+    both = flag_map(instruction_following.train_args(args, "dpo", "online+humanline", data, "rm:rm"))
+    assert both["--refresh-prompts"] == "1024" and both["--samples"] == "8" and both["--sync-k"] == "1"
+
+
+def test_grpo_variants_see_the_same_completions():
+    args = cpu_replication.parse_args(["--out", "x"])
+    per_variant = []
+    for every, humanline in cpu_replication.variants(args).values():
+        f = flag_map(math_reasoning.grpo_flags(args, "P", "math", every, humanline, 0))
+        rounds = args.steps // every
+        per_variant.append(rounds * int(f["--refresh-prompts"]) * int(f["--samples"]))
+        assert int(f["--batch-size"]) * int(f["--grad-accum"]) == args.prompts_per_step * args.n
+        assert ("--sync-k" in f) == humanline and ("--no-humanline" in f) != humanline
+    assert len(set(per_variant)) == 1
+    math_args = math_reasoning.parse_args(["--out", "x"])
+    assert (math_args.steps, math_args.prompts_per_step * math_args.n, math_args.stale_every) == (1600, 256, 64)
+    assert (math_args.lr, math_args.sync_k, math_args.beta_kl) == (1e-6, 16, 1e-4)
+
+
+@pytest.mark.parametrize("recipe,flags,message", [
+    ("cpu_replication", ["--prompts-per-refresh", "3", "--online-every", "2"], "multiple of --online-every"),
+    ("instruction_following", [], "--reward-model is required"),
+    ("instruction_following", ["--dry-run", "--losses", "dpo,ppo"], "--losses: expected a subset"),
+])
+def test_bad_flags_fail_in_one_line_before_writing(tmp_path, recipe, flags, message):
+    (tmp_path / "keep.txt").write_text("earlier")
+    run = tmp_path / "run"
+    done = run_recipe(recipe, run, *flags)
+    assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1]
+    assert not run.exists() and (tmp_path / "keep.txt").read_text() == "earlier"
+
+
+def test_a_failing_step_names_the_command_and_its_error(tmp_path):
+    steps = Steps(tmp_path / "run")
+    with pytest.raises(StepFailed, match=r"step 'import' failed \(exit 2.*error: .*no-such-file"):
+        steps.data("import", "import", tmp_path / "no-such-file.jsonl", "--out", tmp_path / "run" / "data" / "x")
+    assert "humanline-data import" in (tmp_path / "run" / "commands.sh").read_text()
+    assert not (tmp_path / "run" / "data").exists()
+
+
+def test_mean_se():
+    assert mean_se([0.2]) == (0.2, None)
+    mean, se = mean_se([0.1, 0.3])
+    assert mean == pytest.approx(0.2) and se == pytest.approx(0.1)
