@@ -45,19 +45,24 @@ def _reference_logps(model, input_ids, attention, completion):
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("chunk_tokens,recompute", [(4096, True), (3, True), (2, False)])
-def test_values_equal_full_log_softmax(model, chunk_tokens, recompute):
+SETTINGS = [(4096, True, None), (3, True, None), (2, False, None), (4096, True, 1), (3, True, 16)]
+
+
+@pytest.mark.parametrize("chunk_tokens,recompute,forward_tokens", SETTINGS)
+def test_values_equal_full_log_softmax(model, chunk_tokens, recompute, forward_tokens):
     batch = _batch()
     with torch.no_grad():
         want = _reference_logps(model, *batch)
-    got = completion_logprobs(model, *batch, chunk_tokens=chunk_tokens, recompute=recompute)
+    got = completion_logprobs(
+        model, *batch, chunk_tokens=chunk_tokens, recompute=recompute, forward_tokens=forward_tokens
+    )
     assert got.dtype == torch.float32 and got.shape == batch[0].shape
     torch.testing.assert_close(got.detach().double(), want, atol=1e-5, rtol=1e-5)
     assert torch.all(got[~batch[2]] == 0)
 
 
-@pytest.mark.parametrize("chunk_tokens,recompute", [(4096, True), (3, True), (2, False)])
-def test_gradients_equal_full_log_softmax(tiny_model, chunk_tokens, recompute):
+@pytest.mark.parametrize("chunk_tokens,recompute,forward_tokens", SETTINGS)
+def test_gradients_equal_full_log_softmax(tiny_model, chunk_tokens, recompute, forward_tokens):
     """In float64 so that summation order (chunking) cannot hide a real difference."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float64).eval()
     batch = _batch(seed=2)
@@ -67,7 +72,9 @@ def test_gradients_equal_full_log_softmax(tiny_model, chunk_tokens, recompute):
     (_reference_logps(model, *batch) * weights).sum().backward()
     want_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    got = completion_logprobs(model, *batch, chunk_tokens=chunk_tokens, recompute=recompute)
+    got = completion_logprobs(
+        model, *batch, chunk_tokens=chunk_tokens, recompute=recompute, forward_tokens=forward_tokens
+    )
     (got * weights).sum().backward()
     for (name, p), want in zip(model.named_parameters(), want_grads):
         torch.testing.assert_close(p.grad, want, atol=1e-10, rtol=1e-8, msg=lambda m: f"gradient of {name}: {m}")
@@ -101,10 +108,29 @@ def test_gradient_checkpointed_model_gives_the_same_gradients(tiny_model):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
+def test_length_groups_bound_the_padded_tokens_of_each_forward():
+    from humanline_train.logprobs import _length_groups
+
+    lengths = [5, 9, 2, 4, 9, 3]
+    assert _length_groups(lengths, None) == [[0, 1, 2, 3, 4, 5]]
+    assert _length_groups(lengths, 1) == [[2], [5], [3], [0], [1], [4]]
+    groups = _length_groups(lengths, 12)
+    assert sorted(i for g in groups for i in g) == list(range(6))
+    assert all(len(g) * max(lengths[i] for i in g) <= 12 for g in groups)
+    assert groups == [[2, 5, 3], [0], [1], [4]]
+
+
 def test_bad_inputs_are_one_line_errors(model):
     ids, attention, completion = _batch()
     with pytest.raises(HumanlineError, match="same \\[B, T\\] shape"):
         completion_logprobs(model, ids, attention[:, :-1], completion)
+    left_padded = attention.flip(-1)
+    with pytest.raises(HumanlineError, match="right-padded"):
+        completion_logprobs(model, ids, left_padded, completion)
+    beyond = completion.clone()
+    beyond[1, -1] = True
+    with pytest.raises(HumanlineError, match="marks as padding"):
+        completion_logprobs(model, ids, attention, beyond)
     completion = completion.clone()
     completion[0, 0] = True
     with pytest.raises(HumanlineError, match="position 0"):
