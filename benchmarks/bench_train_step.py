@@ -6,10 +6,13 @@ max length 256, the pairs of ../shared/data/preferences/chat_pairs_demo.json tha
 order, the same batches for every contender. AdamW (lr 5e-6, eps 1e-5, wd 0.01), max grad norm 1,
 beta 0.1. Step 1 is warm-up and not measured.
 
-Contenders (each in its own subprocess under ``flock /tmp/humanline-heavy.lock``, so peak RSS
-is its own):
+Contenders (each in its own subprocess, so peak RSS is its own; with the embedded model the whole
+run holds ``/tmp/humanline-heavy.lock``, so no other heavy job runs meanwhile):
   trl-dpo            TRL DPOTrainer with a separate reference model
   dpo-offline        completion_logprobs + dpo_loss + backward + AdamW, live reference copy (2nd model, no grad)
+  dpo-offline-1fwd   the same with the 8 rows in ONE padded forward (forward_tokens=None); every other
+                     humanline contender runs length-sorted row groups of <= 256 padded tokens
+                     (forward_tokens=256: on CPU, padding is wasted compute)
   humanline-lookahead  one model: reference log-probs of the NEXT batch computed before optimizer.step; clip
   humanline-copy     second model, load_state_dict(policy) before optimizer.step; clip
   trl-kto            TRL KTOTrainer with a separate reference model
@@ -22,6 +25,7 @@ Writes benchmarks/results/train_step.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import resource
@@ -41,7 +45,10 @@ MAX_LENGTH = 256
 BETA = 0.1
 CLIP = (-1.5, 1.5)
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
-CONTENDERS = ["trl-dpo", "dpo-offline", "humanline-lookahead", "humanline-copy", "trl-kto", "kto-offline"]
+FORWARD_TOKENS = MAX_LENGTH
+CONTENDERS = [
+    "trl-dpo", "dpo-offline", "dpo-offline-1fwd", "humanline-lookahead", "humanline-copy", "trl-kto", "kto-offline"
+]
 
 
 # ---- data (identical for every contender) -------------------------------------------------------
@@ -108,12 +115,16 @@ def _optimizer(model):
     return torch.optim.AdamW(model.parameters(), lr=5e-6, betas=(0.9, 0.999), eps=1e-5, weight_decay=0.01)
 
 
-def run_ours_dpo(path, tokenizer, pairs, steps: int, mode: str) -> dict:
+def run_ours_dpo(path, tokenizer, pairs, steps: int, mode: str, forward_tokens: int | None) -> dict:
     """mode: offline (live copy reference), lookahead (humanline, one model), copy (humanline, state-dict copy)."""
+    import functools
+
     import torch
 
-    from humanline_train.logprobs import completion_logprobs
+    from humanline_train import logprobs
     from humanline_train.losses import dpo_loss
+
+    completion_logprobs = functools.partial(logprobs.completion_logprobs, forward_tokens=forward_tokens)
 
     B = PAIRS_PER_STEP
     batches = []
@@ -127,10 +138,10 @@ def run_ours_dpo(path, tokenizer, pairs, steps: int, mode: str) -> dict:
     opt = _optimizer(model)
     clip = None if mode == "offline" else CLIP
     cached_ref = {}
-    times, tokens, losses, ref_tokens = [], [], [], []
+    times, cpu, tokens, losses, ref_tokens = [], [], [], [], []
     for step in range(steps):
         ids, attention, completion = batches[step]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         logps = completion_logprobs(model, ids, attention, completion)
         if ref_model is not None:
             with torch.no_grad():
@@ -152,18 +163,23 @@ def run_ours_dpo(path, tokenizer, pairs, steps: int, mode: str) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         tokens.append(int(attention.sum()))
         losses.append(float(loss))
     params = sum(p.numel() for p in model.parameters())
     flops = [6 * params * t + 2 * params * r for t, r in zip(tokens, ref_tokens)]
-    return dict(times=times, tokens=tokens, losses=losses, flops=flops, params=params)
+    return dict(times=times, cpu=cpu, tokens=tokens, losses=losses, flops=flops, params=params)
 
 
 def run_ours_kto(path, tokenizer, pairs, steps: int) -> dict:
     import torch
 
-    from humanline_train.logprobs import completion_logprobs
+    import functools
+
+    from humanline_train import logprobs
     from humanline_train.losses import kto_kl_rewards, kto_loss
+
+    completion_logprobs = functools.partial(logprobs.completion_logprobs, forward_tokens=FORWARD_TOKENS)
 
     rows = unpaired_rows(pairs)
     n = 2 * PAIRS_PER_STEP
@@ -171,7 +187,7 @@ def run_ours_kto(path, tokenizer, pairs, steps: int) -> dict:
     model.train()
     ref_model = _load_model(path).eval()
     opt = _optimizer(model)
-    times, tokens, losses, flops = [], [], [], []
+    times, cpu, tokens, losses, flops = [], [], [], [], []
     params = sum(p.numel() for p in model.parameters())
     for step in range(steps):
         chunk = rows[step * n : (step + 1) * n]
@@ -181,7 +197,7 @@ def run_ours_kto(path, tokenizer, pairs, steps: int) -> dict:
         ids, attention, completion = pad_rows(examples, tokenizer.pad_token_id)
         kl_ids, kl_attention, kl_completion = pad_rows(mismatched, tokenizer.pad_token_id)
         both = pad_rows(examples + mismatched, tokenizer.pad_token_id)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         logps = completion_logprobs(model, ids, attention, completion)
         with torch.no_grad():
             kl_logps = completion_logprobs(model, kl_ids, kl_attention, kl_completion)
@@ -195,11 +211,12 @@ def run_ours_kto(path, tokenizer, pairs, steps: int) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         tok, tok_kl = int(attention.sum()), int(kl_attention.sum())
         tokens.append(tok)
         losses.append(float(loss))
         flops.append(6 * params * tok + 2 * params * tok_kl + 2 * params * (tok + tok_kl))
-    return dict(times=times, tokens=tokens, losses=losses, flops=flops, params=params)
+    return dict(times=times, cpu=cpu, tokens=tokens, losses=losses, flops=flops, params=params)
 
 
 class _StepClock:
@@ -210,13 +227,14 @@ class _StepClock:
 
         class Clock(TrainerCallback):
             def __init__(self):
-                self.times, self._t0 = [], None
+                self.times, self.cpu, self._t0 = [], [], None
 
             def on_step_begin(self, args, state, control, **kw):
-                self._t0 = time.perf_counter()
+                self._t0 = time.perf_counter(), time.process_time()
 
             def on_step_end(self, args, state, control, **kw):
-                self.times.append(time.perf_counter() - self._t0)
+                self.times.append(time.perf_counter() - self._t0[0])
+                self.cpu.append(time.process_time() - self._t0[1])
 
         return Clock()
 
@@ -267,7 +285,7 @@ def run_trl(path, tokenizer, pairs, steps: int, loss: str) -> dict:
         flops = [8 * params * t for t in tokens]  # train fwd+bwd + reference forward
     else:  # + KL rows (policy no-grad, reference); their token count equals the examples' (a permutation)
         flops = [6 * params * t + 2 * params * t + 2 * params * 2 * t for t in tokens]
-    return dict(times=clock.times, tokens=tokens, losses=losses, flops=flops, params=params)
+    return dict(times=clock.times, cpu=clock.cpu, tokens=tokens, losses=losses, flops=flops, params=params)
 
 
 def run_contender(name: str, steps: int, model: str) -> dict:
@@ -287,8 +305,10 @@ def run_contender(name: str, steps: int, model: str) -> dict:
         out = run_trl(path, tokenizer, pairs, steps, "kto")
     elif name == "kto-offline":
         out = run_ours_kto(path, tokenizer, pairs, steps)
+    elif name == "dpo-offline-1fwd":
+        out = run_ours_dpo(path, tokenizer, pairs, steps, "offline", None)
     else:
-        out = run_ours_dpo(path, tokenizer, pairs, steps, name.split("-")[-1])
+        out = run_ours_dpo(path, tokenizer, pairs, steps, name.split("-")[-1], FORWARD_TOKENS)
     out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return out
 
@@ -314,8 +334,6 @@ def matmul_peak_flops(n: int = 2048, reps: int = 8) -> float:
 
 def _child(args) -> dict:
     cmd = [sys.executable, __file__, "--child", args, "--steps", str(STEPS), "--model", MODEL]
-    if MODEL == "smollm2-135m-instruct":  # heavy: one at a time on the shared machine
-        cmd = ["flock", LOCK, *cmd]
     env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS), HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
     load = os.getloadavg()[0]
@@ -333,7 +351,8 @@ def summarise(name: str, raw: dict, peak: float) -> dict:
     times, tokens, flops = raw["times"][1:], raw["tokens"][1:], raw["flops"][1:]  # step 1 is warm-up
     s = sum(times) / len(times)
     return dict(
-        contender=name, s_per_step=s, step_times=raw["times"], tokens_per_step=sum(tokens) / len(tokens),
+        contender=name, s_per_step=s, median_s_per_step=sorted(times)[len(times) // 2],
+        cpu_s_per_step=sum(raw["cpu"][1:]) / len(times), step_times=raw["times"], step_cpu_times=raw["cpu"], tokens_per_step=sum(tokens) / len(tokens),
         tokens_per_s=sum(tokens) / sum(times), peak_rss_gib=raw["peak_rss_gib"],
         mfu=sum(flops) / sum(times) / peak, losses=raw["losses"], params=raw["params"],
         loadavg_at_start=raw["loadavg_at_start"],
@@ -356,6 +375,9 @@ def main() -> None:
         print("RESULT " + json.dumps(run_contender(args.child, args.steps, args.model)))
         return
 
+    if MODEL == "smollm2-135m-instruct":  # heavy: the whole run holds the shared machine's lock
+        lock = open(LOCK, "a")
+        fcntl.flock(lock, fcntl.LOCK_EX)
     peak = _child("matmul")["flops"]
     rows = {}
     for name in args.contenders.split(","):
@@ -365,17 +387,23 @@ def main() -> None:
     if {"trl-dpo", "dpo-offline"} <= rows.keys():
         ratios["dpo_tokens_per_s_vs_trl"] = rows["dpo-offline"]["tokens_per_s"] / rows["trl-dpo"]["tokens_per_s"]
         ratios["dpo_peak_rss_vs_trl"] = rows["dpo-offline"]["peak_rss_gib"] / rows["trl-dpo"]["peak_rss_gib"]
+    if {"trl-dpo", "dpo-offline-1fwd"} <= rows.keys():
+        ratios["dpo_1fwd_tokens_per_s_vs_trl"] = (
+            rows["dpo-offline-1fwd"]["tokens_per_s"] / rows["trl-dpo"]["tokens_per_s"]
+        )
+        ratios["dpo_1fwd_peak_rss_vs_trl"] = rows["dpo-offline-1fwd"]["peak_rss_gib"] / rows["trl-dpo"]["peak_rss_gib"]
     if {"trl-kto", "kto-offline"} <= rows.keys():
         ratios["kto_tokens_per_s_vs_trl"] = rows["kto-offline"]["tokens_per_s"] / rows["trl-kto"]["tokens_per_s"]
         ratios["kto_peak_rss_vs_trl"] = rows["kto-offline"]["peak_rss_gib"] / rows["trl-kto"]["peak_rss_gib"]
     for mode in ("lookahead", "copy"):
         if {f"humanline-{mode}", "dpo-offline"} <= rows.keys():
-            ratios[f"humanline_{mode}_over_offline_step"] = (
-                rows[f"humanline-{mode}"]["s_per_step"] / rows["dpo-offline"]["s_per_step"]
-            )
+            for key in ("s_per_step", "median_s_per_step", "cpu_s_per_step"):
+                ratios[f"humanline_{mode}_over_offline_{key}"] = (
+                    rows[f"humanline-{mode}"][key] / rows["dpo-offline"][key]
+                )
     result = dict(
         setup=dict(model=MODEL, dtype="float32", threads=THREADS, pairs_per_step=PAIRS_PER_STEP,
-                   max_length=MAX_LENGTH, steps=args.steps, measured_steps=args.steps - 1,
+                   max_length=MAX_LENGTH, forward_tokens=FORWARD_TOKENS, steps=args.steps, measured_steps=args.steps - 1,
                    data=str(DATA.relative_to(ROOT.parent)), matmul_peak_gflops=peak / 1e9,
                    cpus=os.cpu_count(), torch_threads=THREADS),
         contenders=list(rows.values()), ratios=ratios,
@@ -383,10 +411,12 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"matmul fp32 peak: {peak / 1e9:.1f} GFLOP/s ({THREADS} threads)\n")
-    print("| contender | s/step | tokens/step | tokens/s | peak RSS GiB | MFU |")
-    print("|---|---|---|---|---|---|")
+    print("| contender | s/step (mean) | s/step (median) | CPU s/step | tokens/step | tokens/s | peak RSS GiB | MFU |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows.values():
-        print(f"| {r['contender']} | {r['s_per_step']:.2f} | {r['tokens_per_step']:.0f} | {r['tokens_per_s']:.1f} "
+        print(f"| {r['contender']} | {r['s_per_step']:.2f} | {r['median_s_per_step']:.2f} | {r['cpu_s_per_step']:.2f} "
+              f"| {r['tokens_per_step']:.0f} "
+              f"| {r['tokens_per_s']:.1f} "
               f"| {r['peak_rss_gib']:.2f} | {100 * r['mfu']:.1f}% |")
     print()
     for k, v in ratios.items():
