@@ -75,7 +75,10 @@ def add_grpo_flags(p: argparse.ArgumentParser, lr: float, n: int, max_new_tokens
     p.add_argument("--beta-kl", type=float, default=beta_kl)
     p.add_argument("--max-grad-norm", type=float, default=MAX_GRAD_NORM)
     p.add_argument("--max-length", type=int, default=max_length)
-    p.add_argument("--micro-batch", type=int, help="Completions per micro-batch (grad accumulation fills the step).")
+    p.add_argument("--micro-batch", type=int,
+                   help="Completions per micro-batch (default: --n, one group; grad accumulation fills the step). "
+                        "A round keeps only groups with a reward spread, so a round's shard can hold fewer "
+                        "completions than a step; it must hold at least one micro-batch.")
     p.add_argument("--sync-k", type=int, default=sync_k, help="Humanline sync every K steps.")
     p.add_argument("--log-eps-p", type=float, default=LOG_EPS_P)
     p.add_argument("--log-eps-r", type=float, default=LOG_EPS_R)
@@ -87,7 +90,7 @@ def grpo_flags(args, prompts, scorer: str, refresh_every: int, humanline: bool, 
     ``refresh_every * prompts_per_step`` prompts x ``n`` samples; ``prompts_per_step * n``
     completions per optimizer step."""
     batch = args.prompts_per_step * args.n
-    micro = min(args.micro_batch or batch, batch)
+    micro = min(args.micro_batch or args.n, batch)
     if batch % micro:
         sys.exit(f"error: --micro-batch {micro} does not divide the {batch} completions of a step")
     flags = [

@@ -13,6 +13,7 @@ from humanline_data.scorers.math_verifier import score_answers
 
 CORRECT_WEIGHT = 8.0
 FORMAT_WEIGHT = 1.0
+TIE_BREAK_PER_CHAR = 1e-5
 DRY_RUN_LENGTH_WEIGHT = 1e-3  # per character
 
 
@@ -20,6 +21,15 @@ def correct_and_format(batch: list[dict]) -> list[float]:
     """8 * correct + 1 * format for each row (``completion``, reference ``answer``)."""
     results = score_answers([(row["completion"], row["answer"]) for row in batch])
     return [CORRECT_WEIGHT * correct + FORMAT_WEIGHT * fmt for correct, fmt in results]
+
+
+def correct_and_format_kept(batch: list[dict]) -> list[float]:
+    """``correct_and_format`` minus 1e-5 per character: a group whose samples all score the
+    same (all wrong, all unformatted) keeps near-zero advantages (|A| ~ 0.01-0.04 against ~1
+    for a real spread) instead of being dropped as flat. The online refresh drops flat groups
+    and stops the run on a round that keeps none, which a small model hits within a few rounds
+    of two to four prompts; TRL's GRPO keeps such groups in the batch with advantage 0."""
+    return [r - TIE_BREAK_PER_CHAR * len(row["completion"]) for r, row in zip(correct_and_format(batch), batch)]
 
 
 def dry_run_reward(batch: list[dict]) -> list[float]:
