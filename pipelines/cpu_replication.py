@@ -26,11 +26,15 @@ stale+humanline  sample every 16 steps      humanline sync every 4 steps, clip [
 (``--online-every``, ``--stale-every``, ``--sync-k``). With the default 16 steps the stale
 variants sample once, from the initial model: the paper's offline setting. With
 ``--with-dpo``, humanline DPO also trains on pairs built from the stale run's first round (the
-same initial-model samples). Reward (``pipelines/rewards.py:correct_and_format_kept``):
-8 x correct + 1 x format (SPEC §3's math weights) minus 1e-5 per character, which keeps
-all-equal groups with near-zero advantages instead of letting the online refresh drop them
-(a round that keeps no group stops the run). Each variant runs for every seed in ``--seeds``
-(the training seed; the task is the same for all).
+same initial-model samples). Reward (``--reward``, ``pipelines/rewards.py``): 8 x correct
+by default. SPEC §3's math runs add 1 x format (``--reward correct+format``), but on this model
+the format term takes over: a 4-step smoke run raised the share of samples with an answer marker
+from 16% to 47% while held-out greedy accuracy fell from 15% to 2.5-10% ("The answer is 21."
+with a wrong number replaces "37 + 15 = 52"); only ~4% of temperature-0.7 samples are correct
+at the start, against 15% greedy. Both rewards subtract 1e-5 per character, which keeps
+all-equal groups with near-zero advantages instead of letting the online refresh drop them (a
+round that keeps no group stops the run). Each variant runs for every seed in ``--seeds`` (the
+training seed; the task is the same for all).
 
 Deviations from SPEC §3's math settings, for a 135M model and 16 steps on 2 CPU cores:
 lr 1e-5 (not 1e-6: 16 steps, not 1600), 16 completions per step (not 256), 48 new tokens,
@@ -41,7 +45,7 @@ sampling, scoring) adds ~20 s; greedy evaluation ~0.6 s per problem.
 
 Reports, in RUN_DIR: ``results.json``/``results.md`` (held-out accuracy before and after as mean
 +/- standard error over seeds, completions generated, wall time per variant), ``rewards.png``
-(mean reward of each round's samples, averaged over seeds), ``curves.png`` (training metrics of
+(accuracy of each round's training samples, averaged over seeds), ``curves.png`` (training metrics of
 the first seed), ``inspect_<dataset>.txt``.
 """
 
@@ -77,6 +81,7 @@ SEEDS = 3
 GRPO_EPS = 0.2
 GRPO_BETA_KL = 1e-4
 DPO_BETA = 0.1
+REWARD_FUNCTIONS = {"correct": "correct_kept", "correct+format": "correct_and_format_kept"}
 PROMPT = "What is {a} {op} {b}? Give the final answer after 'Answer:'."
 
 DRY_SIZES = dict(prompts_per_refresh=2, n=2, steps=4, stale_every=4, sync_k=2, max_new_tokens=8, eval_size=5, seeds=1)
@@ -111,6 +116,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=STEPS)
     p.add_argument("--eval-size", type=int, default=EVAL_SIZE, help="Held-out problems (greedy pass@1).")
     p.add_argument("--seeds", type=int, default=SEEDS, help="Training seeds 0..N-1 per variant.")
+    p.add_argument("--reward", choices=list(REWARD_FUNCTIONS), default="correct",
+                   help="Training reward: 8 x correct, or 8 x correct + 1 x format (SPEC's math weights).")
     p.add_argument("--with-dpo", action="store_true", help="Also humanline DPO on pairs of the stale run's first round.")
     args = p.parse_args(argv)
     if args.dry_run:
@@ -119,7 +126,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--prompts-per-refresh must be a multiple of --online-every")
     args.prompts_per_step = args.prompts_per_refresh // args.online_every
     args.train_size = args.prompts_per_step * args.steps  # every round takes fresh problems
-    args.scorer = f"python:{REWARDS}:{'dry_run_reward' if args.dry_run else 'correct_and_format_kept'}"
+    args.scorer = f"python:{REWARDS}:{'dry_run_reward' if args.dry_run else REWARD_FUNCTIONS[args.reward]}"
     return args
 
 
@@ -166,7 +173,7 @@ def main(argv=None) -> Path:
             tag = f"{name.replace('+', '-')}-seed{seed}"
             run_dir = Path(steps.train(f"train-{tag}", *grpo_flags(args, data["train"], args.scorer, every, humanline, seed),
                                        "--out", run / "runs" / tag, keep_checkpoints=args.keep_checkpoints))
-            seeds[name].append(finish(steps, args, run_dir, tag, data, eval_flags, round_rewards(run_dir, CORRECT_WEIGHT)))
+            seeds[name].append(finish(steps, args, run_dir, tag, data, eval_flags, round_rewards(run_dir, CORRECT_WEIGHT / 2)))
         if args.with_dpo:
             first_round = seeds["stale"][-1]["rounds"][0]["scored"]
             pairs = steps.data(f"pair-seed{seed}", "pair", first_round, "--mode", "pairs", "--out", run / "data" / "dpo_pairs")
@@ -178,8 +185,8 @@ def main(argv=None) -> Path:
         steps.inspect(f"{name.replace('+', '_')}_round0", seeds[name][0]["rounds"][0]["shard"])
 
     summary = summarize(seeds, before)
-    plot_round_rewards({n: mean_rounds([s["rounds"] for s in seeds[n]], "reward_mean") for n in variants(args)},
-                       run / "rewards.png")
+    plot_round_rewards({n: mean_rounds([s["rounds"] for s in seeds[n]], "correct_frac") for n in variants(args)},
+                       run / "rewards.png", key="correct_frac")
     steps.plot("curves", [seeds[n][0]["run_dir"] for n in names], CURVES)
     results = {
         "recipe": "cpu_replication", "dry_run": args.dry_run, "model": args.model, "scorer": args.scorer,
@@ -190,13 +197,13 @@ def main(argv=None) -> Path:
     }
     rows = [["initial model", "-", "-", fmt(before["value"], before["se"]), "-", "-", "-"]]
     rows += [[n, s["sample_every"], "yes" if s["humanline"] else "no", fmt(s["accuracy"], s["accuracy_se"]),
-              fmt(s["final_round_reward"]), s["completions_generated"], f"{s['train_seconds']:.0f}"]
+              fmt(s["last_round_sample_accuracy"]), s["completions_generated"], f"{s['train_seconds']:.0f}"]
              for n, s in summary.items()]
     write_results(run, results, "CPU replication: held-out accuracy on two-digit arithmetic (greedy)",
                   ["variant", "sample every (steps)", "humanline", f"accuracy (mean ± se, {args.seeds} seeds)",
-                   "last-round sample reward", "completions / run", "train s / run"], rows,
+                   "last-round sample accuracy", "completions / run", "train s / run"], rows,
                   notes=f"Model `{args.model}`; {before['count']} held-out problems; {args.steps} steps of "
-                        f"{args.prompts_per_step * args.n} completions; reward 8 x correct + format. "
+                        f"{args.prompts_per_step * args.n} completions; reward {args.reward} ({args.scorer.rsplit(':', 1)[1]}). "
                         "Accuracy before: one greedy evaluation (deterministic). Curves: rewards.png, curves.png."
                         + (" DRY RUN: tiny random model, numbers are meaningless." if args.dry_run else ""))
     print(run)
@@ -224,7 +231,7 @@ def summarize(seeds: dict[str, list[dict]], before: dict) -> dict:
             "sample_every": every.get("refresh_every") or "once", "humanline": every["humanline"],
             "accuracy": accuracy, "accuracy_se": se, "accuracy_change": accuracy - before["value"],
             "per_seed_accuracy": [r["accuracy"] for r in runs],
-            "final_round_reward": (sum(r["rounds"][-1]["reward_mean"] for r in runs) / len(runs)) if runs[0]["rounds"] else None,
+            "last_round_sample_accuracy": mean_se([r["rounds"][-1]["correct_frac"] for r in runs])[0] if runs[0]["rounds"] else None,
             "completions_generated": sum(r["completions_generated"] for r in runs) // len(runs),
             "train_seconds": mean_se([r["train_seconds"] for r in runs])[0],
             "train_seconds_per_seed": [r["train_seconds"] for r in runs],

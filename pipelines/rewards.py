@@ -23,13 +23,24 @@ def correct_and_format(batch: list[dict]) -> list[float]:
     return [CORRECT_WEIGHT * correct + FORMAT_WEIGHT * fmt for correct, fmt in results]
 
 
+def correct_kept(batch: list[dict]) -> list[float]:
+    """8 * correct minus 1e-5 per character (see :func:`keep_equal_groups`)."""
+    results = score_answers([(row["completion"], row["answer"]) for row in batch])
+    return keep_equal_groups([CORRECT_WEIGHT * correct for correct, _ in results], batch)
+
+
 def correct_and_format_kept(batch: list[dict]) -> list[float]:
-    """``correct_and_format`` minus 1e-5 per character: a group whose samples all score the
-    same (all wrong, all unformatted) keeps near-zero advantages (|A| ~ 0.01-0.04 against ~1
-    for a real spread) instead of being dropped as flat. The online refresh drops flat groups
-    and stops the run on a round that keeps none, which a small model hits within a few rounds
-    of two to four prompts; TRL's GRPO keeps such groups in the batch with advantage 0."""
-    return [r - TIE_BREAK_PER_CHAR * len(row["completion"]) for r, row in zip(correct_and_format(batch), batch)]
+    """``correct_and_format`` minus 1e-5 per character (see :func:`keep_equal_groups`)."""
+    return keep_equal_groups(correct_and_format(batch), batch)
+
+
+def keep_equal_groups(rewards: list[float], batch: list[dict]) -> list[float]:
+    """``rewards`` minus 1e-5 per character of each completion: a group whose samples all score
+    the same (e.g. all wrong) keeps near-zero advantages (|A| ~ 0.01-0.04 against ~1 for a real
+    spread) instead of being dropped as flat. The online refresh drops flat groups and stops the
+    run on a round that keeps none, which a small model hits within a few rounds of two to four
+    prompts; TRL's GRPO keeps such groups in the batch with advantage 0."""
+    return [r - TIE_BREAK_PER_CHAR * len(row["completion"]) for r, row in zip(rewards, batch)]
 
 
 def dry_run_reward(batch: list[dict]) -> list[float]:
