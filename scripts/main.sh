@@ -6,11 +6,11 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 RUN="${RUN:-runs/main}"
-PROMPTS="${PROMPTS:-32}"        # training prompts taken from the bundled slice
+PROMPTS="${PROMPTS:-24}"        # training prompts taken from the bundled slice
 SAMPLES="${SAMPLES:-4}"         # completions per prompt
-EVAL="${EVAL:-50}"              # held-out problems for pass@1
-STEPS="${STEPS:-24}"            # optimizer steps of humanline DPO
-MAXTOK="${MAXTOK:-192}"         # max new tokens when sampling
+EVAL="${EVAL:-40}"              # held-out problems for pass@1
+STEPS="${STEPS:-12}"            # optimizer steps of humanline DPO
+MAXTOK="${MAXTOK:-128}"         # max new tokens when sampling
 FORMAT_W="${FORMAT_W:-0.5}"     # weight of the final-answer-format reward component
 MODEL=smollm2-135m-instruct
 DATA="$RUN/data"
