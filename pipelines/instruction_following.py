@@ -3,7 +3,7 @@ and without humanline, judged by win rate against AlpacaEval's baseline answers.
 
     python pipelines/instruction_following.py --out runs/if --model <Llama-3-8B-Instruct folder> \\
         --reward-model <ArmoRM folder> --prompts-file ultrafeedback_prompts.jsonl     # GPU
-    python pipelines/instruction_following.py --out runs/if-dry --dry-run             # CPU, ~2 min
+    python pipelines/instruction_following.py --out runs/if-dry --dry-run             # CPU, ~5 min
 
 Chain (every step a ``humanline-data`` / ``humanline-train`` command, listed in
 ``RUN_DIR/commands.sh``):
