@@ -146,7 +146,7 @@ class ShardLoader:
         epoch = 0
         index = 0
         while self.epochs is None or epoch < self.epochs:
-            kept_before = self.truncation.examples
+            kept_before, index_before = self.truncation.examples, index
             for examples in self._epoch_batches(epoch):
                 if index >= position and index % self.num_processes == self.process_index:
                     yield collate(examples, self.loss, self.pad)
@@ -155,6 +155,11 @@ class ShardLoader:
                 raise ShardError(
                     f"{self.version.path}: no example fits --max-length {self.max_length} "
                     f"({self.truncation.skipped_prompts} prompts too long)"
+                )
+            if index == index_before:  # would loop forever when epochs is None (online rounds)
+                raise ShardError(
+                    f"{self.version.path}: {self.truncation.examples - kept_before} examples make no whole "
+                    f"micro-batch of {self.batch_size} x {self.num_processes} processes"
                 )
             epoch += 1
 

@@ -48,7 +48,9 @@ def make_shard(
     ``prompts``: a prompts (or completions/scored) version or dataset; the round takes its
     distinct prompts ``offset .. offset + num_prompts - 1`` modulo their count (all of them, each
     once, when ``num_prompts`` exceeds the count). ``mode``: pairs, groups or unpaired;
-    ``threshold``: the reward gap a pair needs (pairs/unpaired).
+    ``threshold``: the reward gap a pair needs (pairs/unpaired). Groups keep flat groups (all
+    advantages 0, as TRL's GRPO does), so a round in which no sample beats another still trains
+    (KL term only) instead of ending the run with an empty shard.
     """
     out = Path(out)
     round_prompts = write_prompt_slice(prompts, offset, num_prompts, out / "prompts")
@@ -57,7 +59,7 @@ def make_shard(
         max_new_tokens=max_new_tokens, seed=seed,
     )
     scored = score(completions, out / "scored", scorer)
-    return build(scored, out / mode, mode=mode, threshold=threshold)
+    return build(scored, out / mode, mode=mode, threshold=threshold, keep_flat=(mode == "groups"))
 
 
 def write_prompt_slice(prompts, offset: int, num_prompts: int, out: Path) -> Path:

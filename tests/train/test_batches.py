@@ -132,3 +132,11 @@ def test_bad_shards(tokenizer, shared_data, shards, tmp_path):
     with pytest.raises(ShardError, match="no example fits --max-length 8"):
         next(iter(ShardLoader(shards["pairs"], "dpo", tokenizer, 2, 8)))
     assert issubclass(ShardError, HumanlineError)
+
+
+def test_cycling_a_shard_too_small_for_one_micro_batch_fails_instead_of_spinning(tokenizer, shards, tmp_path):
+    """An online round can be tiny; cycling it (epochs=None) must raise, not loop forever."""
+    one_pair = write(tmp_path / "one_pair", "pairs", shards["rows"][:1])
+    loader = ShardLoader(one_pair, "dpo", tokenizer, batch_size=2, max_length=4096, epochs=None)
+    with pytest.raises(ShardError, match="1 examples make no whole micro-batch of 2 x 1 processes"):
+        next(iter(loader))
