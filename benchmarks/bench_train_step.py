@@ -9,10 +9,10 @@ beta 0.1. Step 1 is warm-up and not measured.
 Contenders (each in its own subprocess, so peak RSS is its own; with the embedded model the whole
 run holds ``/tmp/humanline-heavy.lock``, so no other heavy job runs meanwhile):
   trl-dpo            TRL DPOTrainer with a separate reference model
-  dpo-offline        completion_logprobs + dpo_loss + backward + AdamW, live reference copy (2nd model, no grad)
-  dpo-offline-1fwd   the same with the 8 rows in ONE padded forward (forward_tokens=None); every other
-                     humanline contender runs length-sorted row groups of <= 256 padded tokens
-                     (forward_tokens=256: on CPU, padding is wasted compute)
+  dpo-offline        completion_logprobs + dpo_loss + backward + AdamW, live reference copy (2nd model, no grad);
+                     each pair's prompt runs once for chosen and rejected (share_prompts, the default)
+  dpo-offline-rows   the same with every row run whole (share_prompts=False) in length-sorted groups of
+                     <= 256 padded tokens (forward_tokens=256: on CPU, padding is wasted compute)
   humanline-lookahead  one model: reference log-probs of the NEXT batch computed before optimizer.step; clip
   humanline-copy     second model, load_state_dict(policy) before optimizer.step; clip
   trl-kto            TRL KTOTrainer with a separate reference model
@@ -47,7 +47,7 @@ CLIP = (-1.5, 1.5)
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 FORWARD_TOKENS = MAX_LENGTH
 CONTENDERS = [
-    "trl-dpo", "dpo-offline", "dpo-offline-1fwd", "humanline-lookahead", "humanline-copy", "trl-kto", "kto-offline"
+    "trl-dpo", "dpo-offline", "dpo-offline-rows", "humanline-lookahead", "humanline-copy", "trl-kto", "kto-offline"
 ]
 
 
@@ -115,8 +115,20 @@ def _optimizer(model):
     return torch.optim.AdamW(model.parameters(), lr=5e-6, betas=(0.9, 0.999), eps=1e-5, weight_decay=0.01)
 
 
-def run_ours_dpo(path, tokenizer, pairs, steps: int, mode: str, forward_tokens: int | None) -> dict:
-    """mode: offline (live copy reference), lookahead (humanline, one model), copy (humanline, state-dict copy)."""
+def computed_tokens(ids, attention, completion, share: bool) -> int:
+    """Tokens the transformer actually runs for these rows: a repeated prompt counts once when shared."""
+    from humanline_train.logprobs import _shared_prompts
+
+    plan = _shared_prompts(ids, attention, completion) if share else None
+    if plan is None:
+        return int(attention.sum())
+    prompt_lengths = attention.sum(-1) - completion.sum(-1)
+    return int(prompt_lengths[plan[1]].sum() + completion.sum())
+
+
+def run_ours_dpo(path, tokenizer, pairs, steps: int, mode: str, share: bool) -> dict:
+    """mode: offline (live copy reference), lookahead (humanline, one model), copy (humanline, state-dict copy);
+    share: run each pair's prompt once (share_prompts)."""
     import functools
 
     import torch
@@ -124,7 +136,9 @@ def run_ours_dpo(path, tokenizer, pairs, steps: int, mode: str, forward_tokens: 
     from humanline_train import logprobs
     from humanline_train.losses import dpo_loss
 
-    completion_logprobs = functools.partial(logprobs.completion_logprobs, forward_tokens=forward_tokens)
+    completion_logprobs = functools.partial(
+        logprobs.completion_logprobs, forward_tokens=FORWARD_TOKENS, share_prompts=share
+    )
 
     B = PAIRS_PER_STEP
     batches = []
@@ -138,7 +152,7 @@ def run_ours_dpo(path, tokenizer, pairs, steps: int, mode: str, forward_tokens: 
     opt = _optimizer(model)
     clip = None if mode == "offline" else CLIP
     cached_ref = {}
-    times, cpu, tokens, losses, ref_tokens = [], [], [], [], []
+    times, cpu, tokens, losses, computed, ref_tokens = [], [], [], [], [], []
     for step in range(steps):
         ids, attention, completion = batches[step]
         t0, c0 = time.perf_counter(), time.process_time()
@@ -155,9 +169,9 @@ def run_ours_dpo(path, tokenizer, pairs, steps: int, mode: str, forward_tokens: 
         if mode == "lookahead":
             with torch.no_grad():
                 cached_ref[step + 1] = completion_logprobs(model, *batches[step + 1])
-            ref_tokens.append(int(batches[step + 1][1].sum()))
+            ref_tokens.append(computed_tokens(*batches[step + 1], share))
         else:
-            ref_tokens.append(int(attention.sum()))
+            ref_tokens.append(computed_tokens(ids, attention, completion, share))
         if mode == "copy":
             ref_model.load_state_dict(model.state_dict())
         opt.step()
@@ -165,9 +179,10 @@ def run_ours_dpo(path, tokenizer, pairs, steps: int, mode: str, forward_tokens: 
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
         tokens.append(int(attention.sum()))
+        computed.append(computed_tokens(ids, attention, completion, share))
         losses.append(float(loss))
     params = sum(p.numel() for p in model.parameters())
-    flops = [6 * params * t + 2 * params * r for t, r in zip(tokens, ref_tokens)]
+    flops = [6 * params * t + 2 * params * r for t, r in zip(computed, ref_tokens)]
     return dict(times=times, cpu=cpu, tokens=tokens, losses=losses, flops=flops, params=params)
 
 
@@ -212,10 +227,11 @@ def run_ours_kto(path, tokenizer, pairs, steps: int) -> dict:
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-        tok, tok_kl = int(attention.sum()), int(kl_attention.sum())
-        tokens.append(tok)
+        tokens.append(int(attention.sum()))
         losses.append(float(loss))
-        flops.append(6 * params * tok + 2 * params * tok_kl + 2 * params * (tok + tok_kl))
+        run = computed_tokens(ids, attention, completion, True)
+        flops.append(6 * params * run + 2 * params * computed_tokens(kl_ids, kl_attention, kl_completion, True)
+                     + 2 * params * computed_tokens(*both, True))
     return dict(times=times, cpu=cpu, tokens=tokens, losses=losses, flops=flops, params=params)
 
 
@@ -305,10 +321,10 @@ def run_contender(name: str, steps: int, model: str) -> dict:
         out = run_trl(path, tokenizer, pairs, steps, "kto")
     elif name == "kto-offline":
         out = run_ours_kto(path, tokenizer, pairs, steps)
-    elif name == "dpo-offline-1fwd":
-        out = run_ours_dpo(path, tokenizer, pairs, steps, "offline", None)
+    elif name == "dpo-offline-rows":
+        out = run_ours_dpo(path, tokenizer, pairs, steps, "offline", share=False)
     else:
-        out = run_ours_dpo(path, tokenizer, pairs, steps, name.split("-")[-1], FORWARD_TOKENS)
+        out = run_ours_dpo(path, tokenizer, pairs, steps, name.split("-")[-1], share=True)
     out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return out
 
@@ -387,11 +403,11 @@ def main() -> None:
     if {"trl-dpo", "dpo-offline"} <= rows.keys():
         ratios["dpo_tokens_per_s_vs_trl"] = rows["dpo-offline"]["tokens_per_s"] / rows["trl-dpo"]["tokens_per_s"]
         ratios["dpo_peak_rss_vs_trl"] = rows["dpo-offline"]["peak_rss_gib"] / rows["trl-dpo"]["peak_rss_gib"]
-    if {"trl-dpo", "dpo-offline-1fwd"} <= rows.keys():
-        ratios["dpo_1fwd_tokens_per_s_vs_trl"] = (
-            rows["dpo-offline-1fwd"]["tokens_per_s"] / rows["trl-dpo"]["tokens_per_s"]
+    if {"trl-dpo", "dpo-offline-rows"} <= rows.keys():
+        ratios["dpo_rows_tokens_per_s_vs_trl"] = (
+            rows["dpo-offline-rows"]["tokens_per_s"] / rows["trl-dpo"]["tokens_per_s"]
         )
-        ratios["dpo_1fwd_peak_rss_vs_trl"] = rows["dpo-offline-1fwd"]["peak_rss_gib"] / rows["trl-dpo"]["peak_rss_gib"]
+        ratios["dpo_rows_peak_rss_vs_trl"] = rows["dpo-offline-rows"]["peak_rss_gib"] / rows["trl-dpo"]["peak_rss_gib"]
     if {"trl-kto", "kto-offline"} <= rows.keys():
         ratios["kto_tokens_per_s_vs_trl"] = rows["kto-offline"]["tokens_per_s"] / rows["trl-kto"]["tokens_per_s"]
         ratios["kto_peak_rss_vs_trl"] = rows["kto-offline"]["peak_rss_gib"] / rows["trl-kto"]["peak_rss_gib"]

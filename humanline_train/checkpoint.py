@@ -8,7 +8,8 @@ Layout of ``RUN_DIR``::
     checkpoints/step-N/      after N optimizer steps: an HF model folder (config, safetensors,
                              tokenizer; LoRA runs save the merged weights) plus
       trainer_state.pt       optimizer, scheduler, RNG states (python, numpy, torch), data
-                             position, step, LoRA adapter weights
+                             position, step, LoRA adapter weights, number of processes
+      optimizer-rank-R.pt    FSDP / DeepSpeed: process R's shard of the optimizer state
       reference.pt           reference state: synced weights (copy) or cached look-ahead
                              log-probs (lookahead) or the disk cache's path (cached)
 
@@ -87,22 +88,43 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_policy(policy: torch.nn.Module, tokenizer, target: Path) -> None:
-    """Save ``policy`` as an HF folder (LoRA adapters merged into a copy) with its tokenizer."""
+def save_policy(policy: torch.nn.Module, tokenizer, target: Path, weights: dict | None = None) -> None:
+    """Save ``policy`` as an HF folder (LoRA adapters merged into a copy) with its tokenizer;
+    ``weights``: a state dict to write instead of the module's own (gathered from FSDP shards)."""
     model = policy
     if hasattr(policy, "merge_and_unload"):  # peft
         model = copy.deepcopy(policy).merge_and_unload()
-    model.save_pretrained(target)
+    model.save_pretrained(target, state_dict=weights)
     tokenizer.save_pretrained(target)
 
 
-def save(run_dir: Path, step: int, policy: torch.nn.Module, tokenizer, state: dict, reference_state: dict) -> Path:
-    """Write ``checkpoints/step-<step>`` atomically (replacing one of the same step); return it."""
+def _optimizer_file(rank: int) -> str:
+    return f"optimizer-rank-{rank}.pt"
+
+
+def stage_optimizer(run_dir: Path, step: int, optimizer_state: dict, rank: int) -> Path:
+    """Write process ``rank``'s optimizer shard where ``save`` of ``step`` will pick it up."""
+    staged = run_dir / "checkpoints" / f".staged-step-{step}"
+    staged.mkdir(parents=True, exist_ok=True)
+    torch.save(optimizer_state, staged / _optimizer_file(rank))
+    return staged
+
+
+def save(
+    run_dir: Path, step: int, policy: torch.nn.Module, tokenizer, state: dict, reference_state: dict,
+    weights: dict | None = None, staged: Path | None = None,
+) -> Path:
+    """Write ``checkpoints/step-<step>`` atomically (replacing one of the same step); return it.
+    ``weights`` replace the policy's own state dict; ``staged`` optimizer shards move in."""
     target = checkpoint_dir(run_dir, step)
     tmp = target.parent / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir(parents=True)
     try:
-        save_policy(policy, tokenizer, tmp)
+        save_policy(policy, tokenizer, tmp, weights)
+        if staged is not None:
+            for shard in staged.iterdir():
+                os.replace(shard, tmp / shard.name)
+            staged.rmdir()
         torch.save({**state, "rng": rng_state()}, tmp / TRAINER_STATE)
         torch.save(reference_state, tmp / REFERENCE_STATE)
         if target.exists():
@@ -115,6 +137,20 @@ def save(run_dir: Path, step: int, policy: torch.nn.Module, tokenizer, state: di
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def check_world_size(checkpoint: Path, state: dict, num_processes: int) -> None:
+    """A run resumes with as many processes as wrote its checkpoint (data split, optimizer shards)."""
+    saved = state.get("world_size", 1)
+    if saved != num_processes:
+        raise RunDirError(f"--resume: {checkpoint} was written by {saved} processes, now {num_processes}; launch {saved}")
+
+
+def load_optimizer(checkpoint: Path, state: dict, rank: int) -> dict:
+    """The optimizer state of process ``rank``: in the trainer state, or its own shard file."""
+    if state["optimizer"] is not None:
+        return state["optimizer"]
+    return torch.load(checkpoint / _optimizer_file(rank), map_location="cpu", weights_only=False)
 
 
 def load(checkpoint: Path) -> tuple[dict, dict]:

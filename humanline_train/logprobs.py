@@ -6,10 +6,24 @@ log-softmax in float32 per chunk. With gradient enabled, each chunk's head is ch
 (``recompute=True``): its ``[chunk, vocab]`` logits are recomputed in the backward pass instead
 of being stored, so the extra memory of the head is one chunk of logits at any time.
 
+``share_prompts``: rows that repeat a prompt (DPO's chosen and rejected, KTO's example and its
+mismatched KL row, a GRPO group) run that prompt once: a forward of the distinct prompts fills
+a KV cache, the cache is indexed out to every row, and a second forward runs only the completion
+tokens against it (positions continue after each row's own prompt; gradient flows through the
+cache into the prompt forward). Same values up to float rounding, minus the repeated prompt
+compute. It applies when some prompt repeats and every row is prompt + one contiguous
+completion to its end; otherwise (or under gradient checkpointing, which drops the cache) the
+rows run whole.
+
 ``forward_tokens`` trades batch width for padding: the rows are sorted by length and run in
 groups of at most that many padded tokens, each group cut to its own longest row, so little
 compute goes to padding (on CPU, where a narrow batch costs nothing, this is the faster choice;
 on an accelerator one wide forward usually is). The values are the same either way.
+
+``LogprobModel`` wraps a causal LM so that its ``forward`` *is* ``completion_logprobs``: the
+trainer hands that module to ``accelerator.prepare``, so a DDP / FSDP / DeepSpeed wrapper sees
+every forward (gradient sync, parameter gathering) although only the base transformer and the
+LM head are called inside.
 """
 
 from __future__ import annotations
@@ -30,15 +44,8 @@ def _head_logps(head: torch.nn.Module, softcap: float | None, hidden: torch.Tens
     return logits.gather(-1, labels[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
-def _forward_logprobs(model, input_ids, attention_mask, completion_mask, chunk_tokens: int, recompute: bool):
-    """completion_logprobs of one padded batch in one forward of the base transformer."""
-    hidden = model.get_decoder()(
-        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-    ).last_hidden_state
-    targets = completion_mask[:, 1:]  # position t-1 predicts token t
-    rows = hidden[:, :-1][targets]  # [N, H]
-    labels = input_ids[:, 1:][targets]  # [N]
-
+def _rows_logprobs(model, rows: torch.Tensor, labels: torch.Tensor, chunk_tokens: int, recompute: bool) -> torch.Tensor:
+    """log p(labels) [N] from hidden rows [N, H] through the LM head, ``chunk_tokens`` rows at a time."""
     head = model.get_output_embeddings()
     softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
     use_checkpoint = recompute and torch.is_grad_enabled() and rows.requires_grad
@@ -49,13 +56,69 @@ def _forward_logprobs(model, input_ids, attention_mask, completion_mask, chunk_t
             chunks.append(checkpoint(_head_logps, head, softcap, h, y, use_reentrant=False))
         else:
             chunks.append(_head_logps(head, softcap, h, y))
+    return torch.cat(chunks) if chunks else rows.new_zeros(0, dtype=torch.promote_types(rows.dtype, torch.float32))
 
+
+def _forward_logprobs(model, input_ids, attention_mask, completion_mask, chunk_tokens: int, recompute: bool):
+    """completion_logprobs of one padded batch in one forward of the base transformer."""
+    hidden = model.get_decoder()(
+        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+    ).last_hidden_state
+    targets = completion_mask[:, 1:]  # position t-1 predicts token t
+    logps = _rows_logprobs(model, hidden[:, :-1][targets], input_ids[:, 1:][targets], chunk_tokens, recompute)
     out = torch.zeros(input_ids.shape, dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
-    if chunks:
-        picked = torch.zeros_like(completion_mask)
-        picked[:, 1:] = targets
-        out = out.masked_scatter(picked, torch.cat(chunks))
-    return out
+    picked = torch.zeros_like(completion_mask)
+    picked[:, 1:] = targets
+    return out.masked_scatter(picked, logps)
+
+
+def _shared_prompts(input_ids, attention_mask, completion_mask) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(prompt of each row [N] (index into the distinct prompts), first row of each distinct prompt
+    [U]) when some prompt repeats and every row is prompt + one contiguous completion to its end;
+    else None."""
+    lengths = attention_mask.sum(-1)
+    starts = lengths - completion_mask.sum(-1)  # first completion position = prompt length
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    contiguous = (positions >= starts[:, None]) & (positions < lengths[:, None])
+    if not torch.equal(contiguous, completion_mask) or bool((starts == lengths).any()):
+        return None
+    index: dict[tuple[int, ...], int] = {}
+    prompt_of_row = [index.setdefault(tuple(row[:start]), len(index)) for row, start in zip(input_ids.tolist(), starts.tolist())]
+    if len(index) == len(prompt_of_row):
+        return None
+    first_rows = [prompt_of_row.index(u) for u in range(len(index))]
+    device = input_ids.device
+    return torch.tensor(prompt_of_row, device=device), torch.tensor(first_rows, device=device)
+
+
+def _shared_prompt_logprobs(model, input_ids, attention_mask, completion_mask, prompt_of_row, first_rows,
+                            chunk_tokens: int, recompute: bool) -> torch.Tensor:
+    """completion_logprobs with each distinct prompt run once (see the module docstring)."""
+    decoder = model.get_decoder()
+    lengths = attention_mask.sum(-1)
+    starts = lengths - completion_mask.sum(-1)
+    prompt_len = starts[first_rows]  # [U]
+    P = int(prompt_len.max())
+    prompt_mask = (torch.arange(P, device=input_ids.device) < prompt_len[:, None]).long()
+    prompts = decoder(input_ids=input_ids[first_rows, :P], attention_mask=prompt_mask, use_cache=True)
+    cache = prompts.past_key_values
+    cache.reorder_cache(prompt_of_row)  # [U, ...] -> one entry per row
+
+    counts = lengths - starts
+    C = int(counts.max())
+    steps = torch.arange(C, device=input_ids.device)
+    valid = steps < counts[:, None]  # [N, C]
+    positions = starts[:, None] + steps  # each row's own positions after its prompt
+    completion_ids = input_ids.gather(1, positions.clamp(max=input_ids.shape[1] - 1))
+    hidden = decoder(
+        input_ids=completion_ids, attention_mask=torch.cat([prompt_mask[prompt_of_row], valid.long()], dim=1),
+        position_ids=positions, past_key_values=cache, use_cache=True,
+    ).last_hidden_state  # [N, C, H]
+    last_prompt = prompts.last_hidden_state[torch.arange(len(first_rows), device=input_ids.device), prompt_len - 1]
+    predicting = torch.cat([last_prompt[prompt_of_row][:, None], hidden[:, :-1]], dim=1)  # entry t predicts token t
+    logps = _rows_logprobs(model, predicting[valid], completion_ids[valid], chunk_tokens, recompute)
+    out = torch.zeros(input_ids.shape, dtype=logps.dtype, device=input_ids.device)
+    return out.masked_scatter(completion_mask, logps)
 
 
 def _length_groups(lengths: list[int], forward_tokens: int | None) -> list[list[int]]:
@@ -79,6 +142,7 @@ def completion_logprobs(
     chunk_tokens: int = 4096,
     recompute: bool = True,
     forward_tokens: int | None = None,
+    share_prompts: bool = True,
 ) -> torch.Tensor:
     """Log-probs [B, T] float32 (float64 for a float64 model) of a causal LM: entry (b, t) =
     log p(input_ids[b, t] | input_ids[b, :t]) on ``completion_mask``, exactly 0 elsewhere.
@@ -86,8 +150,9 @@ def completion_logprobs(
     ``input_ids``/``attention_mask``/``completion_mask`` are [B, T] and right-padded. The LM head
     (tied or not) runs on at most ``chunk_tokens`` rows at a time; ``recompute`` checkpoints each
     head chunk when gradient is on. ``forward_tokens`` (None: the whole batch in one forward)
-    splits the batch into length-sorted groups of at most that many padded tokens. Works with
-    gradient (policy) and under ``torch.no_grad`` (reference).
+    splits the batch into length-sorted groups of at most that many padded tokens;
+    ``share_prompts`` runs a repeated prompt once (then ``forward_tokens`` is not used). Works
+    with gradient (policy) and under ``torch.no_grad`` (reference).
     """
     completion_mask = completion_mask.bool()
     if not (input_ids.shape == attention_mask.shape == completion_mask.shape):
@@ -102,6 +167,10 @@ def completion_logprobs(
     if bool(completion_mask[:, 0].any()):
         raise HumanlineError("a completion token at position 0 has no context to predict it from")
 
+    if share_prompts and not getattr(model, "is_gradient_checkpointing", False):
+        shared = _shared_prompts(input_ids, attention_mask, completion_mask)
+        if shared is not None:
+            return _shared_prompt_logprobs(model, input_ids, attention_mask, completion_mask, *shared, chunk_tokens, recompute)
     lengths = attention_mask.sum(-1).tolist()
     groups = _length_groups(lengths, forward_tokens)
     outs = []
@@ -114,3 +183,19 @@ def completion_logprobs(
         outs.append(F.pad(out, (0, input_ids.shape[1] - T)))
     order = torch.tensor([i for g in groups for i in g], device=input_ids.device)
     return torch.cat(outs)[torch.argsort(order)]
+
+
+class LogprobModel(torch.nn.Module):
+    """``forward(input_ids, attention_mask, completion_mask)`` -> :func:`completion_logprobs` [B, T]
+    of the causal LM ``model`` (kept as ``self.model``, so state-dict keys gain a ``model.`` prefix)."""
+
+    def __init__(self, model: torch.nn.Module, chunk_tokens: int = 4096, forward_tokens: int | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.chunk_tokens = chunk_tokens
+        self.forward_tokens = forward_tokens
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+        return completion_logprobs(
+            self.model, input_ids, attention_mask, completion_mask, self.chunk_tokens, forward_tokens=self.forward_tokens
+        )

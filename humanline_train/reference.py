@@ -33,24 +33,25 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 
 from humanline_data.errors import HumanlineError
 from humanline_data.models import cache_dir
 from humanline_train.batches import Batch
-from humanline_train.logprobs import completion_logprobs
+from humanline_train.logprobs import LogprobModel
 
 Window = Iterable[tuple[int, int, Batch]]
 
 
 def reference_logps(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """No-grad, eval-mode per-token log-probs [N, T] float32 of ``batch``'s rows under ``model``."""
+    """No-grad, eval-mode per-token log-probs [N, T] float32 of ``batch``'s rows under ``model``
+    (a :class:`LogprobModel`, possibly wrapped by ``accelerator.prepare``)."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             device = next(model.parameters()).device
-            return completion_logprobs(
-                model,
+            return model(
                 batch.input_ids.to(device),
                 batch.attention_mask.to(device),
                 batch.completion_mask.to(device),
@@ -60,13 +61,14 @@ def reference_logps(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
 
 class CopyReference:
-    """A second model that holds the policy's weights as of the last sync."""
+    """A second model that holds the policy's weights as of the last sync (whole weights on every
+    process: not for FSDP / DeepSpeed sharding, where the trainer refuses it)."""
 
-    def __init__(self, policy: torch.nn.Module) -> None:
+    def __init__(self, policy: LogprobModel) -> None:
         self.model = copy.deepcopy(policy).eval().requires_grad_(False)
 
     def sync(self, policy: torch.nn.Module, window: Window) -> None:
-        self.model.load_state_dict(policy.state_dict())
+        self.model.load_state_dict(extract_model_from_parallel(policy).state_dict())
 
     def logps(self, step: int, index: int, batch: Batch) -> torch.Tensor:
         return reference_logps(self.model, batch)

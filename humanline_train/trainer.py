@@ -6,7 +6,8 @@ One optimizer step ``t`` (0-based; metrics and checkpoints count completed steps
    becomes the current policy (``reference.sync``; look-ahead runs the window's batches now);
 2. for each of ``grad_accum`` micro-batches: reference log-probs, policy log-probs (one
    forward), loss, ``backward(loss / grad_accum)``;
-3. average gradients across processes, clip to ``max_grad_norm``;
+3. clip the gradient (averaged across processes by the ``accelerator.prepare`` wrapper: DDP,
+   FSDP or DeepSpeed under ``accelerate launch`` / ``torchrun``) to ``max_grad_norm``;
 4. *humanline sync* (SPEC §1) when ``t + 1 - segment_start`` is a multiple of ``sync_k``: the
    reference becomes the weights that just computed this gradient, BEFORE the update, so step
    ``t + 1`` trains against theta_t (lag 1..k updates);
@@ -19,10 +20,15 @@ one is produced in another process), and the reference is re-set to the policy.
 
 Offline runs without humanline (``humanline=False``, no refresh) never sync: the reference is
 the initial model throughout (a frozen copy, or its log-probs cached on disk).
+
+The policy is a ``LogprobModel`` prepared by accelerate together with the optimizer. DeepSpeed
+runs the optimizer step inside ``accelerator.backward``; there the sync of step 4 runs before
+the step's first backward instead, with the same weights (theta_t changes only at the update).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
@@ -37,6 +43,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType, extract_model_from_parallel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -44,7 +51,7 @@ from humanline_data.errors import HumanlineError
 from humanline_data.models import model_fingerprint, resolve_model
 from humanline_train import checkpoint, losses
 from humanline_train.batches import Batch, ShardLoader, open_shards, steps_per_epoch_estimate
-from humanline_train.logprobs import completion_logprobs
+from humanline_train.logprobs import LogprobModel
 from humanline_train.reference import CachedReference, CopyReference, LookaheadReference, cache_path
 
 DEFAULT_PAIR_MODE = {"dpo": "pairs", "kto": "pairs", "grpo": "groups"}
@@ -110,7 +117,8 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
     before ``optimizer.step()``."""
     hooks = hooks or {}
     _check_config(cfg)
-    accel = Accelerator(cpu=not torch.cuda.is_available())
+    accel = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=cfg.grad_accum)
+    _check_distributed(cfg, accel)
     run_dir = Path(cfg.out)
     resume_from = checkpoint.check_resume(run_dir, cfg.settings()) if cfg.resume else None
     if not cfg.resume:
@@ -136,15 +144,18 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
         raise HumanlineError(f"{loader.version.path}: fewer examples than one optimizer step needs")
 
     weights = resume_from if resume_from and not cfg.lora_r else model_path  # LoRA: base + saved adapters
-    policy = load_policy(weights, cfg, state.get("lora")).to(accel.device)
+    policy = LogprobModel(load_policy(weights, cfg, state.get("lora")).to(accel.device))
     params = [p for p in policy.parameters() if p.requires_grad]
 
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-5, weight_decay=0.01)
     warmup = round(cfg.warmup * total) if cfg.warmup < 1 else int(cfg.warmup)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)))
     reference = make_reference(cfg, policy, loader, model_path)
+    policy, optimizer = accel.prepare(policy, optimizer)
+    update_in_backward = accel.distributed_type == DistributedType.DEEPSPEED
     if resume_from:
-        optimizer.load_state_dict(state["optimizer"])
+        checkpoint.check_world_size(resume_from, state, accel.num_processes)
+        optimizer.load_state_dict(checkpoint.load_optimizer(resume_from, state, accel.process_index))
         scheduler.load_state_dict(state["scheduler"])
         reference.load_state_dict(reference_state)
         checkpoint.set_rng_state(state["rng"])
@@ -189,6 +200,11 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
             micro_batches = stream.next()
             if micro_batches is None:
                 break  # the data ran out before the planned number of steps
+            sync_due = cfg.humanline and (step + 1 - data["segment_start"]) % cfg.sync_k == 0
+            if sync_due and update_in_backward:  # the engine updates inside backward: sync now (same theta_t)
+                t0 = time.perf_counter()
+                sync(step + 1)
+                times["sync"] += time.perf_counter() - t0
             step_metrics: list[dict] = []
             tokens = 0
             for index, batch in enumerate(micro_batches):
@@ -196,10 +212,12 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
                 t0 = time.perf_counter()
                 ref_logps = reference.logps(step, index, batch).to(accel.device)
                 t1 = time.perf_counter()
-                policy_logps = completion_logprobs(policy, batch.input_ids, batch.attention_mask, batch.completion_mask)
-                loss, metrics = batch_loss(cfg, policy_logps, ref_logps, batch, accel)
-                t2 = time.perf_counter()
-                accel.backward(loss / cfg.grad_accum)
+                last = index == len(micro_batches) - 1
+                with contextlib.nullcontext() if last else accel.no_sync(policy):  # one all-reduce per step
+                    policy_logps = policy_logprobs(cfg, policy, batch)
+                    loss, metrics = batch_loss(cfg, policy_logps, ref_logps, batch, accel)
+                    t2 = time.perf_counter()
+                    accel.backward(loss)  # divided by grad_accum by accelerate
                 t3 = time.perf_counter()
                 times["reference"] += t1 - t0
                 times["forward"] += t2 - t1
@@ -208,9 +226,8 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
                     hooks["reference"](step, index, batch, ref_logps, policy_logps.detach())
                 step_metrics.append({"loss": loss.detach().float().cpu(), **metrics})
                 tokens += batch.num_tokens
-            _average_gradients(params, accel)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            if cfg.humanline and (step + 1 - data["segment_start"]) % cfg.sync_k == 0:
+            grad_norm = accel.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)  # DeepSpeed: None (clips itself)
+            if sync_due and not update_in_backward:
                 t0 = time.perf_counter()
                 sync(step + 1)  # SPEC §1: after backward and clipping, BEFORE the update
                 times["sync"] += time.perf_counter() - t0
@@ -225,7 +242,8 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
             row = {
                 "step": step,
                 **_mean_metrics(step_metrics),
-                "grad_norm": float(grad_norm),
+                "loss": float(accel.reduce(torch.stack([m["loss"] for m in step_metrics]).mean().to(accel.device), "mean")),
+                "grad_norm": None if grad_norm is None else float(grad_norm),
                 "lr": lr,
                 "tokens": tokens,
                 "tokens_per_s": tokens / seconds,
@@ -256,6 +274,19 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
             file=sys.stderr,
         )
     return run_dir
+
+
+def policy_logprobs(cfg: TrainConfig, policy: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """The policy's per-token log-probs [N, T] of ``batch``. KTO's mismatched KL rows (the second
+    half) only set the detached reference point, so they run without a graph: no backward
+    compute or activation memory goes to them."""
+    rows = (batch.input_ids, batch.attention_mask, batch.completion_mask)
+    if cfg.loss != "kto":
+        return policy(*rows)
+    b = batch.num_examples
+    with torch.no_grad():
+        kl_rows = policy(*(x[b:] for x in rows))
+    return torch.cat([policy(*(x[:b] for x in rows)), kl_rows])
 
 
 def batch_loss(cfg: TrainConfig, policy_logps: torch.Tensor, ref_logps: torch.Tensor, batch: Batch, accel: Accelerator):
@@ -449,6 +480,17 @@ def planned_steps(cfg: TrainConfig, loader: ShardLoader) -> int:
     return min(planned, cfg.max_steps) if cfg.max_steps else planned
 
 
+def _check_distributed(cfg: TrainConfig, accel: Accelerator) -> None:
+    """Settings that need whole weights on every process are refused under FSDP / DeepSpeed."""
+    if not _sharded(accel):
+        return
+    kind = accel.distributed_type.value
+    if cfg.reference == "copy":
+        raise HumanlineError(f"--reference copy keeps whole weights on every process; under {kind} use --reference lookahead")
+    if cfg.lora_r:
+        raise HumanlineError(f"--lora-r saves merged weights from whole adapters; under {kind} train without LoRA or with DDP")
+
+
 def _check_config(cfg: TrainConfig) -> None:
     if cfg.loss not in ("dpo", "kto", "grpo"):
         raise HumanlineError(f"--loss {cfg.loss!r}: expected dpo, kto or grpo")
@@ -473,14 +515,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _average_gradients(params: list[torch.nn.Parameter], accel: Accelerator) -> None:
-    """Data parallel: every process ends with the mean gradient over all processes."""
-    if accel.num_processes > 1:
-        for p in params:
-            if p.grad is not None:
-                p.grad = accel.reduce(p.grad, reduction="mean")
-
-
 def _mean_metrics(rows: list[dict]) -> dict:
     """Mean of each metric over the micro-batches that report it (None when not finite)."""
     out = {}
@@ -497,7 +531,7 @@ def _state(cfg: TrainConfig, step: int, optimizer, scheduler, data: dict, policy
     if cfg.lora_r:
         from peft import get_peft_model_state_dict
 
-        lora = get_peft_model_state_dict(policy)
+        lora = get_peft_model_state_dict(extract_model_from_parallel(policy).model)
     return {
         "step": step,
         "optimizer": optimizer.state_dict(),
@@ -508,9 +542,27 @@ def _state(cfg: TrainConfig, step: int, optimizer, scheduler, data: dict, policy
     }
 
 
+def _sharded(accel: Accelerator) -> bool:
+    """Whether each process holds only part of the optimizer state (FSDP, DeepSpeed ZeRO)."""
+    return accel.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
 def _save(run_dir, step, policy, tokenizer, state, reference, accel: Accelerator) -> None:
+    """Checkpoint after ``step`` steps; every process takes part (FSDP gathers the weights to the
+    main process, and sharded optimizer states are written one file per process)."""
+    lora = accel.unwrap_model(policy).model if state["lora"] is not None else None
+    weights = None if lora is not None else accel.get_state_dict(policy)  # "model."-prefixed keys
+    staged = None
+    if _sharded(accel):
+        staged = checkpoint.stage_optimizer(run_dir, step, state.pop("optimizer"), accel.process_index)
+        state["optimizer"] = None
+    accel.wait_for_everyone()
     if accel.is_main_process:
-        checkpoint.save(run_dir, step, accel.unwrap_model(policy), tokenizer, state, reference.state_dict())
+        model = lora or accel.unwrap_model(policy).model
+        if weights is not None:
+            weights = {k.removeprefix("model."): v for k, v in weights.items()}
+        state["world_size"] = accel.num_processes
+        checkpoint.save(run_dir, step, model, tokenizer, state, reference.state_dict(), weights=weights, staged=staged)
     accel.wait_for_everyone()
 
 

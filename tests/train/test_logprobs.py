@@ -135,3 +135,45 @@ def test_bad_inputs_are_one_line_errors(model):
     completion[0, 0] = True
     with pytest.raises(HumanlineError, match="position 0"):
         completion_logprobs(model, ids, attention, completion)
+
+
+def _shared_prompt_batch(pad_id=2):
+    """DPO-like rows: prompts 0, 1, 2 (lengths 3, 5, 2), then prompt 0, 1, 2 again with other
+    completions, plus a row with a prompt of its own; right-padded."""
+    g = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(3, 49152, (n,), generator=g) for n in (3, 5, 2, 4)]
+    rows = [(0, 4), (1, 1), (2, 6), (0, 2), (1, 7), (2, 3), (3, 2)]  # (prompt, completion length)
+    T = max(len(prompts[p]) + c for p, c in rows) + 1
+    input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    attention = torch.zeros(len(rows), T, dtype=torch.long)
+    completion = torch.zeros(len(rows), T, dtype=torch.bool)
+    for r, (p, c) in enumerate(rows):
+        n = len(prompts[p])
+        input_ids[r, :n] = prompts[p]
+        input_ids[r, n : n + c] = torch.randint(3, 49152, (c,), generator=g)
+        attention[r, : n + c] = 1
+        completion[r, n : n + c] = True
+    return input_ids, attention, completion
+
+
+def test_shared_prompts_give_the_full_log_softmax_values_and_the_same_gradients(tiny_model):
+    from humanline_train.logprobs import _shared_prompts
+
+    batch = _shared_prompt_batch()
+    prompt_of_row, first_rows = _shared_prompts(*batch)
+    assert prompt_of_row.tolist() == [0, 1, 2, 0, 1, 2, 3] and first_rows.tolist() == [0, 1, 2, 6]
+    assert _shared_prompts(*_batch()) is None  # no prompt repeats: nothing to share
+    weights = torch.randn(batch[0].shape, generator=torch.Generator().manual_seed(1))
+    results = {}
+    for share in (False, True):
+        torch.manual_seed(0)
+        m = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).train()
+        got = completion_logprobs(m, *batch, chunk_tokens=5, share_prompts=share)
+        (got * weights).sum().backward()
+        results[share] = got.detach(), [p.grad for p in m.parameters()]
+    with torch.no_grad():
+        want = _reference_logps(m, *batch)
+    torch.testing.assert_close(results[True][0].double(), want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(results[True][0] == 0, ~batch[2])  # exactly 0 off the completion tokens
+    for a, b in zip(results[False][1], results[True][1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
