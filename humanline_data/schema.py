@@ -131,16 +131,6 @@ def prompt_id(messages: Iterable[dict]) -> str:
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()[:16]
 
 
-def kind_of(schema: pa.Schema) -> str | None:
-    """The most specific kind whose required columns ``schema`` has, else None."""
-    names = set(schema.names)
-    for kind in ("scored", "completions", "groups", "pairs", "unpaired", "prompts"):
-        required = {f.name for f in SCHEMAS[kind] if not f.nullable}
-        if required <= names:
-            return kind
-    return None
-
-
 def conform(table: pa.Table, kind: str, where: str = "table") -> pa.Table:
     """Validate ``table`` as ``kind`` and return it cast to the kind's schema, in column order.
 

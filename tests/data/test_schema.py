@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from humanline_data.errors import SchemaError
-from humanline_data.schema import KINDS, SCHEMAS, conform, kind_of, normalize_messages, prompt_id
+from humanline_data.schema import SCHEMAS, conform, normalize_messages, prompt_id
 
 USER = [{"role": "user", "content": "What is 2+2?"}]
 
@@ -54,14 +54,6 @@ def test_conform_casts_orders_fills_nullable_and_drops_unknown_columns():
     assert out.column("answer").null_count == 2 and out.column("metadata").null_count == 2
     assert "extra" not in out.column_names
     assert out.column("reward").to_pylist() == [1.0, 0.0]
-
-
-def test_kind_of_picks_the_most_specific_kind():
-    assert kind_of(completions_table().schema) == "scored"
-    assert kind_of(completions_table().drop(["reward", "scorer"]).schema) == "completions"
-    assert kind_of(pa.schema([("prompt_id", pa.string())])) is None
-    for kind in KINDS:
-        assert kind_of(SCHEMAS[kind]) == kind
 
 
 @pytest.mark.parametrize(
