@@ -151,8 +151,13 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
     warmup = round(cfg.warmup * total) if cfg.warmup < 1 else int(cfg.warmup)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)))
     reference = make_reference(cfg, policy, loader, model_path)
-    policy, optimizer = accel.prepare(policy, optimizer)
     update_in_backward = accel.distributed_type == DistributedType.DEEPSPEED
+    if update_in_backward:  # DeepSpeed reads these from its own config: make them the run's
+        accel.state.deepspeed_plugin.deepspeed_config.update(
+            train_micro_batch_size_per_gpu=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+            gradient_clipping=cfg.max_grad_norm,
+        )
+    policy, optimizer = accel.prepare(policy, optimizer)
     if resume_from:
         checkpoint.check_world_size(resume_from, state, accel.num_processes)
         optimizer.load_state_dict(checkpoint.load_optimizer(resume_from, state, accel.process_index))
