@@ -2,7 +2,7 @@
 stale (offline-ish) GRPO data plus humanline syncing and clipping recovers what online
 sampling buys, at a fraction of the sampling.
 
-    python pipelines/cpu_replication.py --out runs/cpu-replication            # ~75 min, 2 idle cores
+    python pipelines/cpu_replication.py --out runs/cpu-replication --with-dpo   # ~70 min, 2 idle cores
     python pipelines/cpu_replication.py --out runs/cpu-dry --dry-run          # tiny model, ~1 min
 
 Task: generated two-digit arithmetic ("What is 37 + 48? Give the final answer after
@@ -181,8 +181,10 @@ def main(argv=None) -> Path:
             tag = f"dpo-humanline-seed{seed}"
             run_dir = Path(steps.train(f"train-{tag}", *dpo_flags(args, pairs, seed), "--out", run / "runs" / tag))
             seeds["dpo+humanline"].append(finish(steps, args, run_dir, tag, data, eval_flags, [], shard=pairs))
-    for name in variants(args):
-        steps.inspect(f"{name.replace('+', '_')}_round0", seeds[name][0]["rounds"][0]["shard"])
+    for name in variants(args):  # diagnostics of every shard trained on
+        for seed, record in enumerate(seeds[name]):
+            for r in record["rounds"]:
+                steps.inspect(f"{name.replace('+', '_')}_seed{seed}_round{r['round']}", r["shard"])
 
     summary = summarize(seeds, before)
     plot_round_rewards({n: mean_rounds([s["rounds"] for s in seeds[n]], "correct_frac") for n in variants(args)},
