@@ -117,13 +117,13 @@ def _optimizer(model):
 
 def computed_tokens(ids, attention, completion, share: bool) -> int:
     """Tokens the transformer actually runs for these rows: a repeated prompt counts once when shared."""
-    from humanline_train.logprobs import _shared_prompts
+    from humanline_train.logprobs import _prompt_families
 
-    plan = _shared_prompts(ids, attention, completion) if share else None
-    if plan is None:
+    families = _prompt_families(ids, attention, completion) if share else None
+    if families is None:
         return int(attention.sum())
     prompt_lengths = attention.sum(-1) - completion.sum(-1)
-    return int(prompt_lengths[plan[1]].sum() + completion.sum())
+    return int(sum(prompt_lengths[f[0]] for f in families) + completion.sum())
 
 
 def run_ours_dpo(path, tokenizer, pairs, steps: int, mode: str, share: bool) -> dict:

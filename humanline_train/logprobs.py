@@ -72,31 +72,49 @@ def _forward_logprobs(model, input_ids, attention_mask, completion_mask, chunk_t
     return out.masked_scatter(picked, logps)
 
 
-def _shared_prompts(input_ids, attention_mask, completion_mask) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(prompt of each row [N] (index into the distinct prompts), first row of each distinct prompt
-    [U]) when some prompt repeats and every row is prompt + one contiguous completion to its end;
-    else None."""
+def _prompt_families(input_ids, attention_mask, completion_mask) -> list[list[int]] | None:
+    """Row indices grouped by identical prompt (first appearance order) when some prompt repeats
+    and every row is prompt + one contiguous completion to its end; else None."""
     lengths = attention_mask.sum(-1)
     starts = lengths - completion_mask.sum(-1)  # first completion position = prompt length
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)
     contiguous = (positions >= starts[:, None]) & (positions < lengths[:, None])
     if not torch.equal(contiguous, completion_mask) or bool((starts == lengths).any()):
         return None
-    index: dict[tuple[int, ...], int] = {}
-    prompt_of_row = [index.setdefault(tuple(row[:start]), len(index)) for row, start in zip(input_ids.tolist(), starts.tolist())]
-    if len(index) == len(prompt_of_row):
-        return None
-    first_rows = [prompt_of_row.index(u) for u in range(len(index))]
-    device = input_ids.device
-    return torch.tensor(prompt_of_row, device=device), torch.tensor(first_rows, device=device)
+    families: dict[tuple[int, ...], list[int]] = {}
+    for r, (row, start) in enumerate(zip(input_ids.tolist(), starts.tolist())):
+        families.setdefault(tuple(row[:start]), []).append(r)
+    return list(families.values()) if len(families) < input_ids.shape[0] else None
 
 
-def _shared_prompt_logprobs(model, input_ids, attention_mask, completion_mask, prompt_of_row, first_rows,
+def _family_groups(families: list[list[int]], starts: list[int], lengths: list[int], forward_tokens: int | None):
+    """Families (shortest first) grouped so that prompts x longest prompt + rows x longest
+    completion <= forward_tokens (>= 1 family each); one group when forward_tokens is None."""
+    if forward_tokens is None:
+        return [families]
+
+    def padded(group: list[list[int]]) -> int:
+        longest_prompt = max(starts[f[0]] for f in group)
+        longest_completion = max(lengths[r] - starts[r] for f in group for r in f)
+        return len(group) * longest_prompt + sum(len(f) for f in group) * longest_completion
+
+    groups: list[list[list[int]]] = []
+    for family in sorted(families, key=lambda f: padded([f])):
+        if groups and padded(groups[-1] + [family]) <= forward_tokens:
+            groups[-1].append(family)
+        else:
+            groups.append([family])
+    return groups
+
+
+def _shared_prompt_logprobs(model, input_ids, attention_mask, completion_mask, prompt_of_row: torch.Tensor,
                             chunk_tokens: int, recompute: bool) -> torch.Tensor:
-    """completion_logprobs with each distinct prompt run once (see the module docstring)."""
+    """completion_logprobs of rows whose prompts are ``prompt_of_row`` [N] (0..U-1, the first row
+    of each holding it), each distinct prompt run once (see the module docstring)."""
     decoder = model.get_decoder()
     lengths = attention_mask.sum(-1)
     starts = lengths - completion_mask.sum(-1)
+    first_rows = torch.stack([(prompt_of_row == u).nonzero()[0, 0] for u in range(int(prompt_of_row.max()) + 1)])
     prompt_len = starts[first_rows]  # [U]
     P = int(prompt_len.max())
     prompt_mask = (torch.arange(P, device=input_ids.device) < prompt_len[:, None]).long()
@@ -150,9 +168,9 @@ def completion_logprobs(
     ``input_ids``/``attention_mask``/``completion_mask`` are [B, T] and right-padded. The LM head
     (tied or not) runs on at most ``chunk_tokens`` rows at a time; ``recompute`` checkpoints each
     head chunk when gradient is on. ``forward_tokens`` (None: the whole batch in one forward)
-    splits the batch into length-sorted groups of at most that many padded tokens;
-    ``share_prompts`` runs a repeated prompt once (then ``forward_tokens`` is not used). Works
-    with gradient (policy) and under ``torch.no_grad`` (reference).
+    splits the batch into length-sorted groups of at most that many padded tokens (with
+    ``share_prompts``, groups of whole prompt families, counting each prompt once). Works with
+    gradient (policy) and under ``torch.no_grad`` (reference).
     """
     completion_mask = completion_mask.bool()
     if not (input_ids.shape == attention_mask.shape == completion_mask.shape):
@@ -167,21 +185,28 @@ def completion_logprobs(
     if bool(completion_mask[:, 0].any()):
         raise HumanlineError("a completion token at position 0 has no context to predict it from")
 
-    if share_prompts and not getattr(model, "is_gradient_checkpointing", False):
-        shared = _shared_prompts(input_ids, attention_mask, completion_mask)
-        if shared is not None:
-            return _shared_prompt_logprobs(model, input_ids, attention_mask, completion_mask, *shared, chunk_tokens, recompute)
     lengths = attention_mask.sum(-1).tolist()
-    groups = _length_groups(lengths, forward_tokens)
+    families = None
+    if share_prompts and not getattr(model, "is_gradient_checkpointing", False):
+        families = _prompt_families(input_ids, attention_mask, completion_mask)
+    if families is None:  # (rows, None): rows run whole
+        plan = [(group, None) for group in _length_groups(lengths, forward_tokens)]
+    else:  # (rows, prompt of each row): a repeated prompt runs once
+        starts = (attention_mask.sum(-1) - completion_mask.sum(-1)).tolist()
+        plan = [([r for f in group for r in f], [u for u, f in enumerate(group) for _ in f])
+                for group in _family_groups(families, starts, lengths, forward_tokens)]
     outs = []
-    for group in groups:
+    for group, prompt_of_row in plan:
         rows = torch.tensor(group, device=input_ids.device)
         T = max(max(lengths[i] for i in group), 1)
-        out = _forward_logprobs(
-            model, input_ids[rows, :T], attention_mask[rows, :T], completion_mask[rows, :T], chunk_tokens, recompute
-        )
+        args = (input_ids[rows, :T], attention_mask[rows, :T], completion_mask[rows, :T])
+        if prompt_of_row is None:
+            out = _forward_logprobs(model, *args, chunk_tokens, recompute)
+        else:
+            out = _shared_prompt_logprobs(model, *args, torch.tensor(prompt_of_row, device=input_ids.device),
+                                          chunk_tokens, recompute)
         outs.append(F.pad(out, (0, input_ids.shape[1] - T)))
-    order = torch.tensor([i for g in groups for i in g], device=input_ids.device)
+    order = torch.tensor([i for group, _ in plan for i in group], device=input_ids.device)
     return torch.cat(outs)[torch.argsort(order)]
 
 

@@ -144,7 +144,9 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
         raise HumanlineError(f"{loader.version.path}: fewer examples than one optimizer step needs")
 
     weights = resume_from if resume_from and not cfg.lora_r else model_path  # LoRA: base + saved adapters
-    policy = LogprobModel(load_policy(weights, cfg, state.get("lora")).to(accel.device))
+    # on CPU, forwards of <= max_length padded tokens (length-sorted) waste less on padding than one wide forward
+    forward_tokens = cfg.max_length if accel.device.type == "cpu" else None
+    policy = LogprobModel(load_policy(weights, cfg, state.get("lora")).to(accel.device), forward_tokens=forward_tokens)
     params = [p for p in policy.parameters() if p.requires_grad]
 
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-5, weight_decay=0.01)

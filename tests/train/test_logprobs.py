@@ -157,23 +157,28 @@ def _shared_prompt_batch(pad_id=2):
 
 
 def test_shared_prompts_give_the_full_log_softmax_values_and_the_same_gradients(tiny_model):
-    from humanline_train.logprobs import _shared_prompts
+    from humanline_train.logprobs import _family_groups, _prompt_families
 
     batch = _shared_prompt_batch()
-    prompt_of_row, first_rows = _shared_prompts(*batch)
-    assert prompt_of_row.tolist() == [0, 1, 2, 0, 1, 2, 3] and first_rows.tolist() == [0, 1, 2, 6]
-    assert _shared_prompts(*_batch()) is None  # no prompt repeats: nothing to share
+    families = _prompt_families(*batch)
+    assert families == [[0, 3], [1, 4], [2, 5], [6]]
+    assert _prompt_families(*_batch()) is None  # no prompt repeats: nothing to share
+    starts, lengths = [3, 5, 2, 3, 5, 2, 4], [7, 6, 8, 5, 12, 5, 6]
+    assert _family_groups(families, starts, lengths, None) == [families]
+    # padded sizes alone: [6] 4+2, [0,3] 3+2x4, [2,5] 2+2x6, [1,4] 5+2x7; [6]+[0,3]: 2x4 + 3x4 = 20
+    assert _family_groups(families, starts, lengths, 20) == [[[6], [0, 3]], [[2, 5]], [[1, 4]]]
     weights = torch.randn(batch[0].shape, generator=torch.Generator().manual_seed(1))
     results = {}
-    for share in (False, True):
+    for share, forward_tokens in ((False, None), (True, None), (True, 20)):
         torch.manual_seed(0)
         m = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).train()
-        got = completion_logprobs(m, *batch, chunk_tokens=5, share_prompts=share)
+        got = completion_logprobs(m, *batch, chunk_tokens=5, share_prompts=share, forward_tokens=forward_tokens)
         (got * weights).sum().backward()
-        results[share] = got.detach(), [p.grad for p in m.parameters()]
+        results[share, forward_tokens] = got.detach(), [p.grad for p in m.parameters()]
     with torch.no_grad():
         want = _reference_logps(m, *batch)
-    torch.testing.assert_close(results[True][0].double(), want, atol=1e-5, rtol=1e-5)
-    assert torch.equal(results[True][0] == 0, ~batch[2])  # exactly 0 off the completion tokens
-    for a, b in zip(results[False][1], results[True][1]):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    for key in ((True, None), (True, 20)):
+        torch.testing.assert_close(results[key][0].double(), want, atol=1e-5, rtol=1e-5)
+        assert torch.equal(results[key][0] == 0, ~batch[2])  # exactly 0 off the completion tokens
+        for a, b in zip(results[False, None][1], results[key][1]):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
