@@ -110,8 +110,10 @@ def test_math_reasoning_dry_run(tmp_path):
 def test_cpu_replication_dry_run(tmp_path):
     run = tmp_path / "cpu"
     done = run_recipe("cpu_replication", run, "--dry-run", "--with-dpo")
-    results = assert_common_outputs(run, done, ["train", "test", "online_round0", "stale_round0",
-                                                "stale_humanline_round0", "dpo_pairs_seed0"])
+    online = [f"online_seed0_round{r}" for r in range(4)]  # 4 steps, a round per step
+    results = assert_common_outputs(run, done, ["train", "test", *online, "stale_seed0_round0",
+                                                "stale_humanline_seed0_round0", "dpo_pairs_seed0"])
+    assert len(list(run.glob("inspect_*.txt"))) == 2 + 4 + 1 + 1 + 1  # every dataset and shard used
     summary = results["variants"]
     assert list(summary) == ["online", "stale", "stale+humanline", "dpo+humanline"]
     assert [summary[k]["completions_generated"] for k in ("online", "stale", "stale+humanline")] == [16, 16, 16]
