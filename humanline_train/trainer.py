@@ -176,15 +176,18 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
     def segment_end() -> int:
         return min(total, data["segment_start"] + cfg.refresh_every) if cfg.refresh_every else total
 
-    def sync(first_step: int) -> None:
-        """Set the reference to the current weights for the steps from ``first_step`` on."""
+    def sync(first_step: int, times: dict[str, float]) -> None:
+        """Set the reference to the current weights for the steps from ``first_step`` on; the
+        seconds it takes are added to ``times["sync"]``."""
         if isinstance(reference, CachedReference):
             return
+        started = time.perf_counter()
         last = segment_end()
         if cfg.humanline:
             last = min(last, first_step + cfg.sync_k)
         if first_step < last:
             reference.sync(policy, stream.numbered(first_step, last - first_step))
+        times["sync"] += time.perf_counter() - started
 
     metrics_file = open(run_dir / checkpoint.METRICS, "a") if accel.is_main_process else None
     progress = _progress(accel, total, step)
@@ -202,16 +205,13 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
             times = dict.fromkeys(("forward", "backward", "reference", "sync"), 0.0)
             started = time.perf_counter()
             if step == data["segment_start"]:
-                sync(step)
-                times["sync"] += time.perf_counter() - started
+                sync(step, times)
             micro_batches = stream.next()
             if micro_batches is None:
                 break  # the data ran out before the planned number of steps
             sync_due = cfg.humanline and (step + 1 - data["segment_start"]) % cfg.sync_k == 0
             if sync_due and update_in_backward:  # the engine updates inside backward: sync now (same theta_t)
-                t0 = time.perf_counter()
-                sync(step + 1)
-                times["sync"] += time.perf_counter() - t0
+                sync(step + 1, times)
             step_metrics: list[dict] = []
             tokens = 0
             for index, batch in enumerate(micro_batches):
@@ -235,9 +235,7 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
                 tokens += batch.num_tokens
             grad_norm = accel.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)  # DeepSpeed: None (clips itself)
             if sync_due and not update_in_backward:
-                t0 = time.perf_counter()
-                sync(step + 1)  # SPEC §1: after backward and clipping, BEFORE the update
-                times["sync"] += time.perf_counter() - t0
+                sync(step + 1, times)  # SPEC §1: after backward and clipping, BEFORE the update
             if "before_step" in hooks:
                 hooks["before_step"](step, policy)
             lr = scheduler.get_last_lr()[0]
@@ -246,10 +244,11 @@ def train(cfg: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             seconds = time.perf_counter() - started
+            means = _mean_metrics(step_metrics)  # this process's micro-batches
             row = {
                 "step": step,
-                **_mean_metrics(step_metrics),
-                "loss": float(accel.reduce(torch.stack([m["loss"] for m in step_metrics]).mean().to(accel.device), "mean")),
+                **means,
+                "loss": _process_mean(means["loss"], accel),  # over all processes
                 "grad_norm": None if grad_norm is None else float(grad_norm),
                 "lr": lr,
                 "tokens": tokens,
@@ -520,6 +519,12 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _process_mean(value: float | None, accel: Accelerator) -> float | None:
+    """Mean of a per-process value over all processes (None when any is None or the mean is not finite)."""
+    mean = float(accel.reduce(torch.tensor(math.nan if value is None else value, device=accel.device), "mean"))
+    return mean if math.isfinite(mean) else None
 
 
 def _mean_metrics(rows: list[dict]) -> dict:
