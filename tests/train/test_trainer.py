@@ -196,3 +196,21 @@ def test_embedded_model_kto_and_grpo_on_real_data_lower_the_loss(shared_data, em
     assert len(losses) == 4
     assert losses[-1] < losses[0]
     assert rows[-1]["unclamped_frac"] > 0.5  # clipping is on; most tokens still inside [-1.5, 1.5]
+
+
+@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
+def test_settings_that_need_whole_weights_are_refused_under_sharding(shards, tiny_model, tmp_path, kind):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from humanline_data.errors import HumanlineError
+    from humanline_train.trainer import _check_distributed
+
+    sharded = SimpleNamespace(distributed_type=DistributedType[kind])
+    with pytest.raises(HumanlineError, match=f"^--reference copy keeps whole weights on every process; under {kind} use"):
+        _check_distributed(tiny_config(shards["pairs"], tiny_model, tmp_path / "run", reference="copy"), sharded)
+    with pytest.raises(HumanlineError, match=f"^--lora-r saves merged weights from whole adapters; under {kind}"):
+        _check_distributed(tiny_config(shards["pairs"], tiny_model, tmp_path / "run", lora_r=4), sharded)
+    _check_distributed(tiny_config(shards["pairs"], tiny_model, tmp_path / "run"), sharded)  # lookahead, no LoRA: fine
+    assert not (tmp_path / "run").exists()
