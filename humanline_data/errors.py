@@ -5,6 +5,10 @@ prints ``str(err)`` on one line to stderr and exits with status 2. Nothing is wr
 is raised, because versions are only made visible by the final rename in ``store``.
 """
 
+import sys
+
+import click
+
 
 class HumanlineError(Exception):
     """Base class: a problem with the user's input, explained in one line."""
@@ -31,3 +35,16 @@ class WrongKindError(HumanlineError):
 
 class ModelNotFoundError(HumanlineError):
     """A model name or path does not resolve to a usable model folder."""
+
+
+
+class OneLineErrorGroup(click.Group):
+    """A click group that turns a :class:`HumanlineError` into ``error: <one line>`` on stderr
+    and exit status 2 (both command-line tools use it)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except HumanlineError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)

@@ -35,12 +35,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from humanline_data.advantages import group_advantages
 from humanline_data.errors import HumanlineError
 from humanline_data.schema import SCHEMAS
 from humanline_data.store import Version, open_version, write_version
 
 MODES = ("pairs", "groups", "unpaired")
-ADVANTAGE_EPS = 0.01  # SPEC §2: added to the group's population std
 _INPUT_COLUMNS = ["prompt_id", "messages", "answer", "source", "metadata", "sample_idx", "completion", "reward"]
 _PROMPT_COLUMNS = ["prompt_id", "messages", "answer", "source"]
 
@@ -171,10 +171,7 @@ def _groups(version: Version, keys: pl.DataFrame, min_group_size: int, keep_flat
     )
     big = sized.filter(pl.col("samples") >= min_group_size)
     kept = (big if keep_flat else big.filter(~pl.col("flat"))).sort(["first_row", "sample_idx"])
-    kept = kept.with_columns(
-        advantage=(pl.col("reward") - pl.col("reward").mean().over(by_prompt))
-        / (pl.col("reward").std(ddof=0).over(by_prompt) + ADVANTAGE_EPS)
-    )
+    kept = kept.with_columns(advantage=pl.Series(group_advantages(kept["reward"].to_numpy(), kept["first_row"].to_numpy())))
     sizes = kept.group_by("first_row", maintain_order=True).len()["len"].to_numpy()
     offsets = pa.array(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32))
     table = _read_rows(version, kept["row"].to_numpy())

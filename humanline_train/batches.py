@@ -1,30 +1,34 @@
-"""Shards -> tokenized, length-grouped micro-batches, streamed and deterministic.
+"""Shards -> tokenized optimizer steps of micro-batches, streamed and deterministic.
 
 One :class:`ShardLoader` reads a dataset version part by part (bounded memory), shuffles rows
-through a seeded buffer, tokenizes them, groups examples of similar length into micro-batches
-(less padding) and yields :class:`Batch` tensors ready for ``logprobs.completion_logprobs``.
-The order depends only on the shard, the seed and the batch settings, so the trainer can look
-any number of steps ahead and a resumed run can skip to where it stopped.
+through a seeded buffer, tokenizes them and forms *optimizer steps* of
+``batch_size x grad_accum x num_processes`` examples of similar length (less padding). A step
+is cut into micro-batches of ``batch_size`` consecutive examples (length-sorted); micro-batch
+``j`` goes to process ``j % num_processes``. So which examples make a step depends only on the
+shard, the seed and the examples per step: the same step split into other micro-batches or
+processes holds the same examples (and gives the same update). The order is known any number
+of steps ahead (look-ahead reference) and a resumed run skips to where it stopped.
 
-Tokenization (every loss): prompt ids = the chat template with the generation prompt;
+Tokenization (every objective): prompt ids = the chat template with the generation prompt,
+rendered by ``humanline_data.backends.prompt_token_ids`` (the sampler's own function);
 completion ids = the completion's tokens + EOS. An example whose prompt leaves no room for one
 completion token within ``max_length`` is skipped, an overflowing completion is cut; both are
 counted in :class:`Truncation` (reported per step and at the end, never silent).
 
-Row layout of a micro-batch of B examples (right padding):
+Row layouts of a micro-batch of B examples (``LAYOUTS``; the objective names its layout):
 
-==== ==================================================================================
-dpo  ``[chosen_0..chosen_{B-1}, rejected_0..rejected_{B-1}]`` (one concatenated forward)
-kto  ``[example_0..example_{B-1}, kl_0..kl_{B-1}]``; ``kl_i`` = prompt i + completion (i+1) mod B
-grpo ``[completion_0..completion_{B-1}]`` with their advantages
-==== ==================================================================================
+======== ==================================================================================
+paired   ``[chosen_0..chosen_{B-1}, rejected_0..rejected_{B-1}]`` (one concatenated forward)
+unpaired ``[example_0..example_{B-1}]``, and ``Batch.kl``: one row per example pairing its
+         prompt with the completion of the next example of the *step* whose prompt differs
+grouped  ``[completion_0..completion_{B-1}]`` with their advantages
+======== ==================================================================================
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,52 +41,86 @@ import pyarrow.parquet as pq
 import torch
 
 from humanline_data import store
+from humanline_data.advantages import group_advantages
+from humanline_data.backends import prompt_token_ids
 from humanline_data.errors import HumanlineError, WrongKindError
 
-# Which shard kinds each loss can train on.
-LOSS_KINDS = {"dpo": ("pairs",), "kto": ("unpaired", "pairs"), "grpo": ("groups", "pairs")}
+LAYOUTS = ("paired", "unpaired", "grouped")
 
 
 class ShardError(HumanlineError):
-    """A shard the loss cannot train on (empty, NaN rewards, nothing fits --max-length)."""
+    """A shard the objective cannot train on (empty, NaN rewards, nothing fits --max-length)."""
 
 
 @dataclass
 class Example:
-    """One training example: prompt ids and its completion ids (two for DPO: chosen, rejected)."""
+    """One training example: prompt ids and its completion ids (two when paired: chosen, rejected)."""
 
+    prompt_id: str
     prompt: list[int]
     completions: list[list[int]]
-    desirable: bool | None = None  # KTO
-    advantage: float | None = None  # GRPO
+    desirable: bool | None = None  # unpaired
+    advantage: float | None = None  # grouped
 
     @property
     def length(self) -> int:
         return len(self.prompt) + max(len(c) for c in self.completions)
 
+    @property
+    def completion_tokens(self) -> int:
+        return sum(len(c) for c in self.completions)
+
 
 @dataclass
 class Batch:
-    """A micro-batch: ``N`` model rows for ``B`` examples (N = 2B for dpo/kto, B for grpo)."""
+    """A micro-batch: ``N`` model rows for ``B`` examples (N = 2B when paired, else B)."""
 
     input_ids: torch.Tensor  # [N, T] long
     attention_mask: torch.Tensor  # [N, T] long
     completion_mask: torch.Tensor  # [N, T] bool, True on completion tokens
     keys: list[bytes]  # [N] content hash of each row's tokens (reference cache key)
-    desirable: torch.Tensor | None = None  # [B] bool (kto)
-    advantages: torch.Tensor | None = None  # [B] float32 (grpo)
+    layout: str = "grouped"
+    desirable: torch.Tensor | None = None  # [B] bool (unpaired)
+    advantages: torch.Tensor | None = None  # [B] float32 (grouped)
+    kl: "Batch | None" = None  # unpaired: the mismatched KL rows [B, T']
 
     @property
     def num_examples(self) -> int:
-        return len(self.keys) // (1 if self.advantages is not None else 2)
+        return len(self.keys) // (2 if self.layout == "paired" else 1)
 
     @property
     def num_tokens(self) -> int:
-        return int(self.attention_mask.sum())
+        """Tokens run through the model (every part, padding excluded)."""
+        return sum(int(part.attention_mask.sum()) for part in self.parts())
+
+    @property
+    def num_tokens_completion(self) -> int:
+        """Completion tokens of the trained rows (KL rows excluded)."""
+        return int(self.completion_mask.sum())
+
+    def parts(self) -> list["Batch"]:
+        """The row sets that run as separate forwards: the trained rows, then the KL rows if any."""
+        return [self] if self.kl is None else [self, self.kl]
+
+    def halves(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen rows, rejected rows) of a paired micro-batch's ``rows`` [2B, ...]."""
+        b = self.num_examples
+        return rows[:b], rows[b:]
 
     def to(self, device: torch.device | str) -> "Batch":
         move = {k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
+        if self.kl is not None:
+            move["kl"] = self.kl.to(device)
         return dataclasses.replace(self, **move)
+
+
+@dataclass
+class Step:
+    """One optimizer step: this process's micro-batches and the step's totals over every process."""
+
+    batches: list[Batch]
+    examples: int  # over all micro-batches and processes
+    completion_tokens: int  # of the trained rows, over all micro-batches and processes
 
 
 @dataclass
@@ -96,30 +134,38 @@ class Truncation:
 
 @dataclass
 class ShardLoader:
-    """Deterministic stream of micro-batches from one shard version for one process.
+    """Deterministic stream of optimizer steps from one shard version for one process.
 
-    ``batch_size`` is examples per micro-batch per process. ``epochs=None`` cycles forever
-    (online rounds); otherwise the stream ends after that many passes. Epoch ``e`` shuffles
-    with seed ``(seed, e)``. Global micro-batch ``i`` goes to process ``i % num_processes``.
+    ``objective``: an objective class or its name (layout and shard kinds). ``batch_size`` is
+    examples per micro-batch per process, ``grad_accum`` micro-batches per step and process.
+    ``epochs=None`` cycles forever (online rounds); otherwise the stream ends after that many
+    passes. Epoch ``e`` shuffles with seed ``(seed, e)``.
     """
 
     shards: str | Path | store.Version  # a Version already checked by open_shards, or a path
-    loss: str
+    objective: object
     tokenizer: object
     batch_size: int
     max_length: int
+    grad_accum: int = 1
     seed: int = 0
     epochs: int | None = 1
     process_index: int = 0
     num_processes: int = 1
     shuffle_buffer: int = 4096  # rows held for shuffling
-    pool_batches: int = 32  # micro-batches sorted together by length
+    pool_batches: int = 32  # micro-batches' worth of examples sorted together by length
     truncation: Truncation = field(default_factory=Truncation)
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSS_KINDS:
-            raise HumanlineError(f"unknown loss {self.loss!r} (expected dpo, kto or grpo)")
-        self.version = self.shards if isinstance(self.shards, store.Version) else open_shards(self.shards, self.loss)
+        from humanline_train import objectives
+
+        if isinstance(self.objective, str):
+            self.objective = objectives.get(self.objective)
+        self.layout = self.objective.layout
+        if isinstance(self.shards, store.Version):
+            self.version = self.shards
+        else:
+            self.version = open_shards(self.shards, self.objective)
         self.kind = self.version.kind
         self.eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
@@ -128,6 +174,10 @@ class ShardLoader:
     def rows(self) -> int:
         return int(self.version.manifest["rows"])
 
+    @property
+    def step_examples(self) -> int:
+        return self.batch_size * self.grad_accum * self.num_processes
+
     def examples_per_epoch_estimate(self) -> int:
         """Examples in one pass before length filtering (from the manifest; groups are summed)."""
         if self.kind == "groups":
@@ -135,21 +185,21 @@ class ShardLoader:
                 int(pc.sum(pc.list_value_length(b.column("completions"))).as_py() or 0)
                 for b in store.iter_batches(self.version, columns=["completions"])
             )
-        return self.rows * (2 if (self.kind == "pairs" and self.loss != "dpo") else 1)
+        return self.rows * (2 if (self.kind == "pairs" and self.layout != "paired") else 1)
 
-    def __iter__(self) -> Iterator[Batch]:
-        return self.iter_from(0)
+    def steps_per_epoch_estimate(self) -> int:
+        """Optimizer steps in one pass, assuming every example fits (used for warmup and progress)."""
+        return max(1, self.examples_per_epoch_estimate() // self.step_examples)
 
-    def iter_from(self, position: int) -> Iterator[Batch]:
-        """This process's micro-batches, skipping the first ``position`` global micro-batches."""
+    def iter_steps(self, start: int = 0) -> Iterator[Step]:
+        """This process's :class:`Step` s, skipping the first ``start`` steps."""
         self.truncation = Truncation()
-        epoch = 0
-        index = 0
+        epoch, index = 0, 0
         while self.epochs is None or epoch < self.epochs:
             kept_before, index_before = self.truncation.examples, index
-            for examples in self._epoch_batches(epoch):
-                if index >= position and index % self.num_processes == self.process_index:
-                    yield collate(examples, self.loss, self.pad)
+            for examples in self._epoch_steps(epoch):
+                if index >= start:
+                    yield self._step(examples)
                 index += 1
             if self.truncation.examples == kept_before:
                 raise ShardError(
@@ -158,25 +208,42 @@ class ShardLoader:
                 )
             if index == index_before:  # would loop forever when epochs is None (online rounds)
                 raise ShardError(
-                    f"{self.version.path}: {self.truncation.examples - kept_before} examples make no whole "
-                    f"micro-batch of {self.batch_size} x {self.num_processes} processes"
+                    f"{self.version.path}: {self.truncation.examples - kept_before} examples make no whole optimizer "
+                    f"step of {self.batch_size} x {self.grad_accum} x {self.num_processes} processes"
                 )
             epoch += 1
 
-    def _epoch_batches(self, epoch: int) -> Iterator[list[Example]]:
+    def _step(self, examples: list[Example]) -> Step:
+        partners = kl_partners([e.prompt_id for e in examples]) if self.layout == "unpaired" else None
+        micro = [list(range(i, i + self.batch_size)) for i in range(0, len(examples), self.batch_size)]
+        mine = micro[self.process_index :: self.num_processes]
+        batches = [self._collate(examples, rows, partners) for rows in mine]
+        return Step(batches, len(examples), sum(e.completion_tokens for e in examples))
+
+    def _collate(self, examples: list[Example], rows: list[int], partners: list[int | None] | None) -> Batch:
+        picked = [examples[i] for i in rows]
+        batch = collate(picked, self.layout, self.pad)
+        if partners is not None:
+            kl_rows = []
+            for i in rows:
+                if partners[i] is not None:
+                    prompt = examples[i].prompt
+                    other = examples[partners[i]].completions[0]
+                    kl_rows.append((prompt, other[: max(1, self.max_length - len(prompt))]))
+            batch.kl = _padded(kl_rows, self.pad, "grouped") if kl_rows else None
+        return batch
+
+    def _epoch_steps(self, epoch: int) -> Iterator[list[Example]]:
         rng = random.Random(f"{self.seed}/{epoch}")
         rows = _shuffle(self._rows(rng), rng, self.shuffle_buffer)
         pool: list[Example] = []
-        pool_size = self.batch_size * self.pool_batches
+        pool_size = max(self.batch_size * self.pool_batches, self.step_examples)
         for row in rows:
             pool.extend(self._examples(row))
             if len(pool) >= pool_size:
-                chunks, pool = _length_grouped(pool, self.batch_size, rng)
-                yield from chunks
-        chunks, _ = _length_grouped(pool, self.batch_size, rng)  # a partial micro-batch is dropped
-        # every process must get the same number of micro-batches: drop a ragged tail
-        whole = len(chunks) - len(chunks) % self.num_processes
-        yield from chunks[:whole]
+                steps, pool = _length_grouped(pool, self.step_examples, rng)
+                yield from steps
+        yield from _length_grouped(pool, self.step_examples, rng)[0]  # a partial step is dropped
 
     def _rows(self, rng: random.Random) -> Iterator[dict]:
         parts = list(range(len(self.version.files)))
@@ -187,18 +254,15 @@ class ShardLoader:
                 yield from record_batch.to_pylist()
 
     def _examples(self, row: dict) -> list[Example]:
-        split = _split_row(row, self.kind, self.loss)
-        prompt = self._prompt_ids(row["messages"])
+        split = _split_row(row, self.kind, self.layout)
+        prompt = prompt_token_ids(self.tokenizer, [row["messages"]])[0]
         if len(prompt) >= self.max_length:
             self.truncation.skipped_prompts += len(split)
             return []
-        examples = [Example(prompt, [self._completion_ids(c, len(prompt)) for c in cs], d, a) for cs, d, a in split]
+        examples = [Example(row["prompt_id"], prompt, [self._completion_ids(c, len(prompt)) for c in cs], d, a)
+                    for cs, d, a in split]
         self.truncation.examples += len(examples)
         return examples
-
-    def _prompt_ids(self, messages: list[dict]) -> list[int]:
-        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
-        return list(encoded["input_ids"])
 
     def _completion_ids(self, text: str, prompt_len: int) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.eos]
@@ -210,18 +274,18 @@ class ShardLoader:
 
 
 _COLUMNS = {
-    "pairs": ["messages", "chosen", "rejected", "chosen_reward", "rejected_reward"],
-    "unpaired": ["messages", "completion", "desirable"],
-    "groups": ["messages", "completions", "advantages"],
+    "pairs": ["prompt_id", "messages", "chosen", "rejected", "chosen_reward", "rejected_reward"],
+    "unpaired": ["prompt_id", "messages", "completion", "desirable"],
+    "groups": ["prompt_id", "messages", "completions", "advantages"],
 }
 
 
-def open_shards(path: str | Path, loss: str) -> store.Version:
-    """Open and check a shard version for ``loss``: right kind, not empty, finite scores."""
+def open_shards(path: str | Path, objective) -> store.Version:
+    """Open and check a shard version for ``objective`` (a class): right kind, not empty, finite scores."""
     try:
-        version = store.open_version(path, kinds=LOSS_KINDS[loss])
+        version = store.open_version(path, kinds=objective.shard_kinds)
     except WrongKindError as err:
-        raise WrongKindError(f"{err} (loss {loss})") from None
+        raise WrongKindError(f"{err} (loss {objective.name})") from None
     if not version.manifest["rows"]:
         raise ShardError(f"{version.path}: empty shard (0 rows)")
     for column in {"pairs": ("chosen_reward", "rejected_reward"), "groups": ("advantages",)}.get(version.kind, ()):
@@ -235,13 +299,24 @@ def open_shards(path: str | Path, loss: str) -> store.Version:
     return version
 
 
-def _split_row(row: dict, kind: str, loss: str) -> list[tuple[list[str], bool | None, float | None]]:
-    """(completions, desirable, advantage) of each example a row gives ``loss``."""
-    if kind == "pairs" and loss == "dpo":
+def kl_partners(prompt_ids: list[str]) -> list[int | None]:
+    """For each example ``i`` of a step, the first ``j`` in ``i+1, i+2, ...`` (mod n) whose prompt
+    differs: KTO's mismatched pair (SPEC §2); None when every example shares ``i``'s prompt."""
+    n = len(prompt_ids)
+    partners: list[int | None] = []
+    for i in range(n):
+        found = next((j % n for j in range(i + 1, i + n) if prompt_ids[j % n] != prompt_ids[i]), None)
+        partners.append(found)
+    return partners
+
+
+def _split_row(row: dict, kind: str, layout: str) -> list[tuple[list[str], bool | None, float | None]]:
+    """(completions, desirable, advantage) of each example a row gives ``layout``."""
+    if kind == "pairs" and layout == "paired":
         return [([row["chosen"], row["rejected"]], None, None)]
-    if kind == "pairs" and loss == "kto":
+    if kind == "pairs" and layout == "unpaired":
         return [([row["chosen"]], True, None), ([row["rejected"]], False, None)]
-    if kind == "pairs":  # grpo: a group of two
+    if kind == "pairs":  # grouped: a group of two
         a_chosen, a_rejected = pair_advantages(row["chosen_reward"], row["rejected_reward"])
         return [([row["chosen"]], None, a_chosen), ([row["rejected"]], None, a_rejected)]
     if kind == "unpaired":
@@ -253,10 +328,8 @@ def pair_advantages(chosen_reward: float | None, rejected_reward: float | None) 
     """GRPO advantages of a pair read as a group of two (SPEC §2): +/-1 when it has no scores."""
     if chosen_reward is None or rejected_reward is None:
         return 1.0, -1.0
-    from humanline_train.losses import group_advantages
-
-    adv = group_advantages(torch.tensor([chosen_reward, rejected_reward], dtype=torch.float64), torch.tensor([0, 0]))
-    return float(adv[0]), float(adv[1])
+    a_chosen, a_rejected = group_advantages([chosen_reward, rejected_reward], [0, 0])
+    return float(a_chosen), float(a_rejected)
 
 
 def _shuffle(rows: Iterator[dict], rng: random.Random, size: int) -> Iterator[dict]:
@@ -273,29 +346,32 @@ def _shuffle(rows: Iterator[dict], rng: random.Random, size: int) -> Iterator[di
     yield from buffer
 
 
-def _length_grouped(pool: list[Example], batch_size: int, rng: random.Random) -> tuple[list[list[Example]], list[Example]]:
-    """Whole micro-batches of similar-length examples in shuffled order, and the leftover."""
+def _length_grouped(pool: list[Example], size: int, rng: random.Random) -> tuple[list[list[Example]], list[Example]]:
+    """Whole chunks of ``size`` similar-length examples (each sorted by length) in shuffled order, and the leftover."""
     ordered = sorted(pool, key=lambda e: e.length)
-    whole = len(ordered) - len(ordered) % batch_size
-    chunks = [ordered[i : i + batch_size] for i in range(0, whole, batch_size)]
+    whole = len(ordered) - len(ordered) % size
+    chunks = [ordered[i : i + size] for i in range(0, whole, size)]
     rng.shuffle(chunks)
     return chunks, ordered[whole:]
 
 
-def collate(examples: list[Example], loss: str, pad: int) -> Batch:
-    """Right-padded tensors of ``examples`` in the row layout of ``loss`` (module docstring)."""
-    if loss == "dpo":
+def collate(examples: list[Example], layout: str, pad: int) -> Batch:
+    """Right-padded tensors of ``examples`` in ``layout`` (module docstring; KL rows are added by the loader)."""
+    if layout == "paired":
         rows = [(e.prompt, e.completions[0]) for e in examples] + [(e.prompt, e.completions[1]) for e in examples]
-    elif loss == "kto":
-        n = len(examples)
-        max_len = max(e.length for e in examples)
-        rows = [(e.prompt, e.completions[0]) for e in examples]
-        for i, e in enumerate(examples):  # mismatched pair: prompt i, completion i+1 (cut to the batch's longest)
-            other = examples[(i + 1) % n].completions[0]
-            rows.append((e.prompt, other[: max(1, max_len - len(e.prompt))]))
     else:
         rows = [(e.prompt, e.completions[0]) for e in examples]
-    width = max(len(p) + len(c) for p, c in rows)
+    batch = _padded(rows, pad, layout)
+    if layout == "unpaired":
+        batch.desirable = torch.tensor([bool(e.desirable) for e in examples])
+    if layout == "grouped":
+        batch.advantages = torch.tensor([e.advantage for e in examples], dtype=torch.float32)
+    return batch
+
+
+def _padded(rows: list[tuple[list[int], list[int]]], pad: int, layout: str) -> Batch:
+    """A right-padded :class:`Batch` of (prompt ids, completion ids) rows."""
+    width = max((len(p) + len(c) for p, c in rows), default=1)
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     completion = torch.zeros((len(rows), width), dtype=torch.bool)
@@ -306,12 +382,7 @@ def collate(examples: list[Example], loss: str, pad: int) -> Batch:
         attention[r, : n_p + n_c] = 1
         completion[r, n_p : n_p + n_c] = True
         keys.append(_row_key(p, c))
-    batch = Batch(input_ids, attention, completion, keys)
-    if loss == "kto":
-        batch.desirable = torch.tensor([bool(e.desirable) for e in examples])
-    if loss == "grpo":
-        batch.advantages = torch.tensor([e.advantage for e in examples], dtype=torch.float32)
-    return batch
+    return Batch(input_ids, attention, completion, keys, layout)
 
 
 def _row_key(prompt: list[int], completion: list[int]) -> bytes:
@@ -322,7 +393,37 @@ def _row_key(prompt: list[int], completion: list[int]) -> bytes:
     return h.digest()
 
 
-def steps_per_epoch_estimate(loader: ShardLoader, grad_accum: int) -> int:
-    """Optimizer steps in one pass, assuming every example fits (used for warmup and progress)."""
-    micro = loader.examples_per_epoch_estimate() // loader.batch_size // loader.num_processes
-    return max(1, math.floor(micro / grad_accum))
+class StepStream:
+    """A loader's optimizer steps with look-ahead, starting at step ``start`` of the loader.
+
+    ``peek(n)`` returns up to the next ``n`` steps without consuming them; ``numbered(first, n)``
+    yields their micro-batches as ``(step, index, batch)`` with steps numbered from ``first``;
+    ``drain`` does the same while consuming (holding one step at a time).
+    """
+
+    def __init__(self, loader: ShardLoader, start: int = 0) -> None:
+        self.loader = loader
+        self._steps: Iterator[Step] = loader.iter_steps(start)
+        self._ahead: list[Step] = []
+
+    def peek(self, n: int) -> list[Step]:
+        while len(self._ahead) < n:
+            step = next(self._steps, None)
+            if step is None:
+                break
+            self._ahead.append(step)
+        return self._ahead[:n]
+
+    def next(self) -> Step | None:
+        return self._ahead.pop(0) if self.peek(1) else None
+
+    def numbered(self, first: int, n: int) -> Iterator[tuple[int, int, Batch]]:
+        for offset, step in enumerate(self.peek(n)):
+            yield from ((first + offset, i, b) for i, b in enumerate(step.batches))
+
+    def drain(self, first: int, n: int) -> Iterator[tuple[int, int, Batch]]:
+        for offset in range(n):
+            step = self.next()
+            if step is None:
+                return
+            yield from ((first + offset, i, b) for i, b in enumerate(step.batches))

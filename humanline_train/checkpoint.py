@@ -51,12 +51,20 @@ def check_new_run_dir(run_dir: Path) -> None:
         raise RunDirError(f"{run_dir} already exists and is not empty; pass --resume {run_dir} or another --out")
 
 
-def check_resume(run_dir: Path, settings: dict) -> Path:
-    """The latest checkpoint of ``run_dir`` after checking its settings equal ``settings``."""
+def read_settings(run_dir: Path) -> dict:
+    """The resolved settings a run was started with (its settings.json)."""
     try:
-        saved = json.loads((run_dir / SETTINGS).read_text())
+        return json.loads((Path(run_dir) / SETTINGS).read_text())
     except FileNotFoundError:
         raise RunDirError(f"--resume {run_dir}: not a run directory (no {SETTINGS})") from None
+    except (OSError, ValueError) as err:
+        raise RunDirError(f"--resume {run_dir}: unreadable {SETTINGS} ({type(err).__name__})") from None
+
+
+def check_resume(run_dir: Path, settings: dict) -> Path:
+    """The latest checkpoint of ``run_dir`` after checking its settings equal ``settings``."""
+    saved = _flat(read_settings(run_dir))
+    settings = _flat(settings)
     differ = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
     if differ:
         what = ", ".join(f"{k}: run has {saved.get(k)!r}, now {settings.get(k)!r}" for k in differ)
@@ -65,6 +73,17 @@ def check_resume(run_dir: Path, settings: dict) -> Path:
     if latest is None:
         raise RunDirError(f"--resume {run_dir}: no checkpoint to resume from")
     return latest
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """Nested settings as {"section.name": value} (for naming what differs)."""
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def start_run_dir(run_dir: Path, settings: dict) -> None:
@@ -139,6 +158,18 @@ def save(
     return target
 
 
+def prune(run_dir: Path, keep_last: int, protect: set[int] = frozenset()) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints (0: keep all), never a step in
+    ``protect`` (a policy an online round still samples from); return what was deleted."""
+    if keep_last < 1:
+        return []
+    found = sorted((int(m.group(1)), p) for p in (run_dir / "checkpoints").glob("step-*") if (m := _STEP_RE.match(p.name)))
+    doomed = [p for n, p in found[:-keep_last] if n not in protect]
+    for path in doomed:
+        shutil.rmtree(path)
+    return doomed
+
+
 def check_world_size(checkpoint: Path, state: dict, num_processes: int) -> None:
     """A run resumes with as many processes as wrote its checkpoint (data split, optimizer shards)."""
     saved = state.get("world_size", 1)
@@ -192,3 +223,57 @@ def record_refresh(run_dir: Path, round_index: int, shard: Path) -> None:
     rounds = read_refreshes(run_dir)
     rounds[round_index] = str(shard)
     write_atomic(run_dir / REFRESHES, json.dumps({str(k): v for k, v in sorted(rounds.items())}, indent=2))
+
+
+def has_checkpoint(run_dir: Path, step: int) -> bool:
+    return (checkpoint_dir(run_dir, step) / TRAINER_STATE).is_file()
+
+
+def sharded(accel) -> bool:
+    """Whether each process holds only part of the optimizer state (FSDP, DeepSpeed ZeRO)."""
+    from accelerate.utils import DistributedType
+
+    return accel.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def trainer_state(config, step: int, optimizer, scheduler, data: dict, policy) -> dict:
+    """What a checkpoint holds besides the weights and the reference."""
+    lora = None
+    if config.model.lora_r:
+        from accelerate.utils import extract_model_from_parallel
+        from peft import get_peft_model_state_dict
+
+        lora = get_peft_model_state_dict(extract_model_from_parallel(policy).model)
+    return {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "data": dict(data),
+            "lora": lora, "settings": config.settings()}
+
+
+def save_run(run_dir: Path, step: int, policy, tokenizer, state: dict, reference, accel) -> None:
+    """Checkpoint after ``step`` steps; every process takes part (FSDP gathers the weights to the
+    main process, and sharded optimizer states are written one file per process)."""
+    lora = accel.unwrap_model(policy).model if state["lora"] is not None else None
+    weights = None if lora is not None else accel.get_state_dict(policy)  # "model."-prefixed keys
+    staged = None
+    if sharded(accel):
+        staged = stage_optimizer(run_dir, step, state.pop("optimizer"), accel.process_index)
+        state["optimizer"] = None
+    accel.wait_for_everyone()
+    if accel.is_main_process:
+        model = lora or accel.unwrap_model(policy).model
+        if weights is not None:
+            weights = {k.removeprefix("model."): v for k, v in weights.items()}
+        state["world_size"] = accel.num_processes
+        save(run_dir, step, model, tokenizer, state, reference.state_dict(), weights=weights, staged=staged)
+    accel.wait_for_everyone()
+
+
+def restore(checkpoint: Path, state: dict, reference_state: dict, optimizer, scheduler, reference, accel,
+            run_dir: Path) -> None:
+    """Put a resumed run back where ``checkpoint`` left it (optimizer, schedule, reference, RNG, metrics)."""
+    check_world_size(checkpoint, state, accel.num_processes)
+    optimizer.load_state_dict(load_optimizer(checkpoint, state, accel.process_index))
+    scheduler.load_state_dict(state["scheduler"])
+    reference.load_state_dict(reference_state)
+    set_rng_state(state["rng"])
+    if accel.is_main_process:
+        truncate_metrics(run_dir, state["step"])

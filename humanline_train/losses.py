@@ -33,7 +33,7 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 
-def _log_ratios(policy_logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor):
+def log_ratios(policy_logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor):
     """(d [B, T] with 0 off-mask, bool mask [B, T]) in the compute dtype."""
     dtype = _compute_dtype(policy_logps)
     mask = mask.bool()
@@ -48,7 +48,7 @@ def _check_clip(log_eps_p: float, log_eps_r: float) -> None:
         )
 
 
-def _clip_with_counts(d: torch.Tensor, mask: torch.Tensor, clip: Clip):
+def clip_counts(d: torch.Tensor, mask: torch.Tensor, clip: Clip):
     """Clamp ``d`` (0 off-mask) into ``clip``; return (clipped d, #inside, #non-zero) on detached values."""
     nonzero = mask & (d.detach() != 0)
     if clip is None:
@@ -62,14 +62,14 @@ def _clip_with_counts(d: torch.Tensor, mask: torch.Tensor, clip: Clip):
     return clipped, inside.sum(), nonzero.sum()
 
 
-def _fraction(inside: torch.Tensor, nonzero: torch.Tensor) -> torch.Tensor:
+def fraction(inside: torch.Tensor, nonzero: torch.Tensor) -> torch.Tensor:
     """inside / nonzero as a float32 0-dim tensor; 1.0 when no log-ratio is non-zero."""
     if int(nonzero) == 0:
         return torch.tensor(1.0)
     return (inside.float() / nonzero.float()).detach().cpu()
 
 
-def _k3_mean(ds: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
+def k3_mean(ds: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
     """Mean over all masked tokens of exp(-d) + d - 1 (d unclipped; 0 off-mask gives 0)."""
     total = sum((torch.expm1(-d.detach()) + d.detach()).sum() for d in ds)
     count = sum(m.sum() for m in masks)
@@ -82,15 +82,15 @@ def clip_log_ratios(policy_logps, ref_logps, mask, log_eps_p, log_eps_r):
     Returns (clamp(policy - ref, log_eps_p, log_eps_r) as [B, T] with 0 off-mask, unclamped
     fraction as a 0-dim tensor over completion tokens with a non-zero log-ratio).
     """
-    d, mask = _log_ratios(policy_logps, ref_logps, mask)
-    clipped, inside, nonzero = _clip_with_counts(d, mask, (log_eps_p, log_eps_r))
-    return clipped, _fraction(inside, nonzero)
+    d, mask = log_ratios(policy_logps, ref_logps, mask)
+    clipped, inside, nonzero = clip_counts(d, mask, (log_eps_p, log_eps_r))
+    return clipped, fraction(inside, nonzero)
 
 
 def _sequence_rewards(policy_logps, ref_logps, mask, clip: Clip):
     """r = sum_t d_t per row [B] (clipped under humanline), plus (d unclipped, mask, #inside, #non-zero)."""
-    d, mask = _log_ratios(policy_logps, ref_logps, mask)
-    clipped, inside, nonzero = _clip_with_counts(d, mask, clip)
+    d, mask = log_ratios(policy_logps, ref_logps, mask)
+    clipped, inside, nonzero = clip_counts(d, mask, clip)
     return clipped.sum(-1), d, mask, inside, nonzero
 
 
@@ -118,8 +118,8 @@ def dpo_loss(
         "rewards/rejected": (beta * r_l).mean().detach().float().cpu(),
         "margin": logits.mean().detach().float().cpu(),
         "accuracy": (r_w > r_l).float().mean().detach().cpu(),
-        "kl": _k3_mean([d_w, d_l], [m_w, m_l]),
-        "unclamped_frac": _fraction(in_w + in_l, nz_w + nz_l),
+        "kl": k3_mean([d_w, d_l], [m_w, m_l]),
+        "unclamped_frac": fraction(in_w + in_l, nz_w + nz_l),
     }
     return loss, metrics
 
@@ -162,25 +162,13 @@ def kto_loss(
     )
     metrics = {
         "reference_point": z.float().cpu(),
-        "kl": _k3_mean([d], [m]),
-        "unclamped_frac": _fraction(inside, nonzero),
+        "kl": k3_mean([d], [m]),
+        "unclamped_frac": fraction(inside, nonzero),
     }
     for key, rows in (("rewards/chosen", desirable), ("rewards/rejected", ~desirable)):
         if bool(rows.any()):
             metrics[key] = (beta * r[rows]).mean().detach().float().cpu()
     return losses.mean(), metrics
-
-
-def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
-    """(r - group mean) / (population std of the group + eps) per row [B]; groups by ``group_ids`` [B]."""
-    r = rewards.to(_compute_dtype(rewards))
-    _, inverse = torch.unique(group_ids, return_inverse=True)
-    n_groups = int(inverse.max()) + 1 if inverse.numel() else 0
-    counts = torch.zeros(n_groups, dtype=r.dtype, device=r.device).index_add_(0, inverse, torch.ones_like(r))
-    mean = torch.zeros_like(counts).index_add_(0, inverse, r) / counts
-    centred = r - mean[inverse]
-    var = torch.zeros_like(counts).index_add_(0, inverse, centred**2) / counts
-    return centred / (var.sqrt()[inverse] + eps)
 
 
 def grpo_loss(
@@ -201,8 +189,8 @@ def grpo_loss(
     the unclipped d_t. ``advantages`` is [B]. Metrics: clip_frac (tokens where the ratio clip is
     active), kl, unclamped_frac, advantage (mean over rows).
     """
-    d, mask = _log_ratios(policy_logps, ref_logps, mask)
-    clipped, inside, nonzero = _clip_with_counts(d, mask, clip)
+    d, mask = log_ratios(policy_logps, ref_logps, mask)
+    clipped, inside, nonzero = clip_counts(d, mask, clip)
     adv = advantages.detach().to(dtype=d.dtype, device=d.device)[:, None]
     rho = torch.exp(clipped)
     surrogate = torch.minimum(adv * rho, adv * rho.clamp(1 - eps_low, 1 + eps_high))
@@ -213,8 +201,8 @@ def grpo_loss(
     ratio_clipped = mask & (((rho < 1 - eps_low) & (adv < 0)) | ((rho > 1 + eps_high) & (adv > 0)))
     metrics = {
         "clip_frac": (ratio_clipped.sum() / n_tokens).detach().float().cpu(),
-        "kl": _k3_mean([d], [mask]),
-        "unclamped_frac": _fraction(inside, nonzero),
+        "kl": k3_mean([d], [mask]),
+        "unclamped_frac": fraction(inside, nonzero),
         "advantage": advantages.detach().float().mean().cpu(),
     }
     return loss, metrics

@@ -17,15 +17,15 @@ another process (``--refresh-async``).
 
 from __future__ import annotations
 
+import dataclasses
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
 
+from humanline_data.backends import SamplingParams
 from humanline_data.errors import HumanlineError
-from humanline_data.generate import distinct_prompts, generate
-from humanline_data.pair import build
-from humanline_data.scorers import score
-from humanline_data.store import open_version, write_version
 
 
 def make_shard(
@@ -36,11 +36,7 @@ def make_shard(
     out: Path,
     scorer: str,
     mode: str,
-    n: int,
-    temperature: float,
-    top_p: float,
-    max_new_tokens: int,
-    seed: int,
+    sampling: SamplingParams,
     threshold: float = 0.01,
 ) -> Path:
     """Sample, score and pair one round with the policy at ``model_dir``; return the shard version.
@@ -52,11 +48,15 @@ def make_shard(
     advantages 0, as TRL's GRPO does), so a round in which no sample beats another still trains
     (KL term only) instead of ending the run with an empty shard.
     """
+    from humanline_data.generate import generate
+    from humanline_data.pair import build
+    from humanline_data.scorers import score
+
     out = Path(out)
     round_prompts = write_prompt_slice(prompts, offset, num_prompts, out / "prompts")
     completions = generate(
-        round_prompts, out / "completions", str(model_dir), n=n, temperature=temperature, top_p=top_p,
-        max_new_tokens=max_new_tokens, seed=seed,
+        round_prompts, out / "completions", str(model_dir), n=sampling.n, temperature=sampling.temperature,
+        top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens, seed=sampling.seed,
     )
     scored = score(completions, out / "scored", scorer)
     return build(scored, out / mode, mode=mode, threshold=threshold, keep_flat=(mode == "groups"))
@@ -65,6 +65,9 @@ def make_shard(
 def write_prompt_slice(prompts, offset: int, num_prompts: int, out: Path) -> Path:
     """Write prompts ``[offset, offset + num_prompts)`` (wrapping) of ``prompts`` as the next
     prompts version of ``out`` and return it; ``params`` record offset, count and the round."""
+    from humanline_data.generate import distinct_prompts
+    from humanline_data.store import open_version, write_version
+
     if num_prompts < 1:
         raise HumanlineError(f"refresh: prompts per round must be >= 1, got {num_prompts}")
     if offset < 0:
@@ -83,3 +86,73 @@ def write_prompt_slice(prompts, offset: int, num_prompts: int, out: Path) -> Pat
     ) as writer:
         writer.write(rows)
     return writer.path
+
+
+class Rounds:
+    """Online rounds of a run: the shard version each segment trains on (SPEC §4).
+
+    Round ``r`` starts at step ``r * refresh_every`` and trains on prompts
+    ``[r * refresh_prompts, (r + 1) * refresh_prompts)``, sampled with the policy at its start
+    (or, ``refresh_async``, with the policy one refresh earlier while the previous round trains).
+    Each round's shard is recorded in ``refreshes.json`` so a resumed run reuses it. The main
+    process samples; the others read its record.
+    """
+
+    def __init__(self, config, run_dir: Path, model_path: Path, accel) -> None:
+        from humanline_train import checkpoint
+
+        self.config, self.run_dir, self.model_path, self.accel = config, run_dir, model_path, accel
+        self.checkpoint = checkpoint
+        self.pending: dict[int, Future] = {}
+        self.pool: ProcessPoolExecutor | None = None
+
+    def shard_for_round(self, round_index: int, step: int, policy_dir: Path, last_round: bool = False) -> Path:
+        """The shard of round ``round_index`` (starting at ``step``; ``policy_dir`` holds the policy
+        at ``step``); starts sampling the next round in the background when async and not ``last_round``."""
+        online = self.config.online
+        if not self.accel.is_main_process:
+            self.accel.wait_for_everyone()
+            return Path(self.checkpoint.read_refreshes(self.run_dir)[round_index])
+        recorded = self.checkpoint.read_refreshes(self.run_dir)
+        if round_index in recorded:
+            shard = Path(recorded[round_index])
+        elif round_index in self.pending:
+            shard = self.pending.pop(round_index).result()
+        elif online.refresh_async and round_index > 0:  # resumed: the background round was lost
+            previous = step - online.refresh_every
+            source = self.checkpoint.checkpoint_dir(self.run_dir, previous) if previous > 0 else self.model_path
+            shard = make_shard(**self._arguments(source, round_index))
+        else:
+            shard = make_shard(**self._arguments(policy_dir, round_index))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint.record_refresh(self.run_dir, round_index, shard)
+        if online.refresh_async and not last_round and round_index + 1 not in recorded:
+            self.prefetch(round_index + 1, policy_dir)
+        self.accel.wait_for_everyone()
+        return shard
+
+    def next_segment(self, data: dict, step: int, policy_dir: Path, total: int) -> dict:
+        """The data position of the round that starts at ``step`` (``policy_dir``: the policy then)."""
+        round_index = data["round"] + 1
+        last = step + self.config.online.refresh_every >= total
+        shard = self.shard_for_round(round_index, step, policy_dir, last)
+        return {"shard": str(shard), "segment_start": step, "round": round_index}
+
+    def prefetch(self, round_index: int, model_dir: Path) -> None:
+        """Start sampling round ``round_index`` with the policy at ``model_dir`` in another process."""
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self.pending[round_index] = self.pool.submit(make_shard, **self._arguments(model_dir, round_index))
+
+    def _arguments(self, model_dir: Path, round_index: int) -> dict:
+        config, online = self.config, self.config.online
+        return dict(
+            model_dir=Path(model_dir), prompts=online.prompts, offset=round_index * online.refresh_prompts,
+            num_prompts=online.refresh_prompts, out=self.run_dir / "shards", scorer=online.scorer,
+            mode=online.pair_mode or config.objective_class.shard_kinds[0],
+            sampling=dataclasses.replace(online.sampling, seed=config.data.seed + round_index),
+        )
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)

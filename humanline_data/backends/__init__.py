@@ -80,12 +80,18 @@ def sample_seed(seed: int, prompt_id: str, sample_idx: int) -> int:
 
 
 def load_tokenizer(model: Path):
-    """The model's tokenizer; raises :class:`GenerationError` when it has no chat template."""
+    """The model's tokenizer, for sampling and training alike; raises :class:`GenerationError`
+    when it cannot be loaded or has no chat template or EOS token."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError, TypeError) as err:
+        raise GenerationError(f"model {model}: no usable tokenizer ({type(err).__name__})") from None
     if not getattr(tokenizer, "chat_template", None):
         raise GenerationError(f"model {model}: tokenizer has no chat template (needed to render prompts)")
+    if tokenizer.eos_token_id is None:
+        raise GenerationError(f"model {model}: tokenizer has no EOS token")
     return tokenizer
 
 

@@ -3,25 +3,12 @@ function, and prints the path of the version it wrote as the last line of stdout
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from humanline_data.errors import HumanlineError
+from humanline_data.errors import OneLineErrorGroup
 
 
-class _Group(click.Group):
-    """Turns a :class:`HumanlineError` into ``error: <one line>`` on stderr and exit status 2."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except HumanlineError as err:
-            click.echo(f"error: {err}", err=True)
-            sys.exit(2)
-
-
-@click.group(cls=_Group)
+@click.group(cls=OneLineErrorGroup)
 @click.version_option(package_name="humanline")
 def main() -> None:
     """Curate alignment data into versioned Parquet shards (data/<name>/vN/)."""

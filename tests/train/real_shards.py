@@ -89,12 +89,12 @@ def write_unchecked(out: Path, kind: str, rows: list[dict]) -> Path:
 
 def tiny_config(shards: Path, model: Path, out: Path, **overrides):
     """A TrainConfig for fast tiny-model runs (short sequences, small batches, high lr)."""
-    from humanline_train.trainer import TrainConfig
+    from humanline_train.settings import TrainConfig
 
     settings = dict(shards=str(shards) if shards else None, loss="dpo", model=str(model), out=str(out), batch_size=2, max_length=96,
                     lr=1e-3, warmup=0, max_steps=4)
     settings.update(overrides)
-    return TrainConfig(**settings)
+    return TrainConfig.from_flat(**settings)
 
 
 def losses_of(run_dir: Path) -> list[float]:

@@ -22,7 +22,7 @@ def _recording_run(cfg):
     before_update, seen = {}, {}
     hooks = {
         "before_step": lambda step, policy: before_update.__setitem__(step, copy.deepcopy(policy)),
-        "reference": lambda step, i, batch, ref, pol: seen.__setitem__((step, i), (batch, ref, pol)),
+        "reference": lambda step, i, batch, ref, pol: seen.__setitem__((step, i), (batch, ref[0], pol[0])),
     }
     train(cfg, hooks)
     return before_update, seen
@@ -35,11 +35,11 @@ def test_k1_reference_is_the_weights_before_the_previous_update(pairs, tiny_mode
     assert torch.equal(ref0, pol0)  # first step: the reference is the initial policy
     for t in range(3):
         batch, ref, pol = seen[(t + 1, 0)]
-        expected = reference_logps(before_update[t], batch)
+        expected = reference_logps(before_update[t], batch)[0]
         assert torch.allclose(ref, expected, atol=1e-6, rtol=0)
         # a post-step ("trust region") sync would hold the weights after step t's update,
         # i.e. the policy that starts step t+1: every log-ratio would be exactly 0
-        post_step = reference_logps(before_update[t + 1], batch)
+        post_step = reference_logps(before_update[t + 1], batch)[0]
         assert torch.allclose(post_step, pol, atol=1e-6, rtol=0)
         assert (ref - pol).abs().max() > 1e-3  # ours lags by one update
 
@@ -56,7 +56,7 @@ def test_k2_reference_lags_one_to_k_updates_and_is_shared_by_micro_batches(pairs
             assert 1 <= s - synced_at <= k
         for i in range(2):
             batch, ref, _ = seen[(s, i)]
-            assert torch.allclose(ref, reference_logps(weights, batch), atol=1e-6, rtol=0)
+            assert torch.allclose(ref, reference_logps(weights, batch)[0], atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("k,accum", [(1, 1), (2, 2)])

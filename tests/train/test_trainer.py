@@ -147,7 +147,7 @@ def test_online_refresh_samples_from_the_checkpoint_and_resets_the_reference(sha
                       prompts=str(prompts), scorer=LENGTH_SCORER, refresh_prompts=2, samples=3, max_new_tokens=8,
                       refresh_async=refresh_async)
     seen = {}
-    run = train(cfg, {"reference": lambda step, i, batch, ref, pol: seen.__setitem__(step, (ref, pol))})
+    run = train(cfg, {"reference": lambda step, i, batch, ref, pol: seen.__setitem__(step, (ref[0], pol[0]))})
     rounds = json.loads((run / "refreshes.json").read_text())
     assert list(rounds) == ["0", "1"]  # round 0: no --shards, so sampled from the initial model
 
@@ -205,12 +205,12 @@ def test_settings_that_need_whole_weights_are_refused_under_sharding(shards, tin
     from accelerate.utils import DistributedType
 
     from humanline_data.errors import HumanlineError
-    from humanline_train.trainer import _check_distributed
+    from humanline_train.trainer import check_distributed
 
     sharded = SimpleNamespace(distributed_type=DistributedType[kind])
     with pytest.raises(HumanlineError, match=f"^--reference copy keeps whole weights on every process; under {kind} use"):
-        _check_distributed(tiny_config(shards["pairs"], tiny_model, tmp_path / "run", reference="copy"), sharded)
+        check_distributed(tiny_config(shards["pairs"], tiny_model, tmp_path / "run", reference="copy"), sharded)
     with pytest.raises(HumanlineError, match=f"^--lora-r saves merged weights from whole adapters; under {kind}"):
-        _check_distributed(tiny_config(shards["pairs"], tiny_model, tmp_path / "run", lora_r=4), sharded)
-    _check_distributed(tiny_config(shards["pairs"], tiny_model, tmp_path / "run"), sharded)  # lookahead, no LoRA: fine
+        check_distributed(tiny_config(shards["pairs"], tiny_model, tmp_path / "run", lora_r=4), sharded)
+    check_distributed(tiny_config(shards["pairs"], tiny_model, tmp_path / "run"), sharded)  # lookahead, no LoRA: fine
     assert not (tmp_path / "run").exists()

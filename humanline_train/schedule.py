@@ -1,0 +1,55 @@
+"""When the reference changes, and which steps each setting of it serves (SPEC §1, §4).
+
+The run is cut into *segments*: the whole run offline, one per shard-refresh round online
+(``refresh_every`` steps each). The reference is set
+
+- at a segment's first step, to the current policy, when it ever changes (humanline sync or
+  online rounds; an offline never-synced reference is the initial model, prepared once);
+- under humanline sync, after the backward and gradient clipping of every ``k``-th step of a
+  segment and BEFORE ``optimizer.step()``, to the weights that computed that gradient, so the
+  next step trains against theta_t (lag 1..k updates). An engine that updates inside backward
+  (DeepSpeed) gets that sync before the step's first backward instead; the step's own
+  reference log-probs were taken before it, and theta_t changes only at the update.
+
+A setting of the reference serves the steps of its *window*: up to the next sync point or the
+segment's end, whichever comes first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class SyncSchedule:
+    total: int  # planned optimizer steps
+    sync: bool  # humanline sync
+    k: int
+    refresh_every: int | None  # online segment length (None: offline)
+    update_in_backward: bool = False
+    segment_start: int = 0
+
+    @property
+    def changes(self) -> bool:
+        """Whether the reference is ever re-set (else it is the initial model throughout)."""
+        return self.sync or bool(self.refresh_every)
+
+    def segment_end(self) -> int:
+        return min(self.total, self.segment_start + self.refresh_every) if self.refresh_every else self.total
+
+    def refresh_due(self, step: int) -> bool:
+        return bool(self.refresh_every) and step - self.segment_start >= self.refresh_every
+
+    def at_segment_start(self, step: int) -> bool:
+        return self.changes and step == self.segment_start
+
+    def sync_after(self, step: int) -> bool:
+        """Whether the humanline sync follows the backward of ``step``."""
+        return self.sync and (step + 1 - self.segment_start) % self.k == 0
+
+    def window(self, first: int) -> int:
+        """Number of steps from ``first`` that a reference set now serves."""
+        last = self.segment_end()
+        if self.sync:
+            last = min(last, first + self.k)
+        return max(0, last - first)
