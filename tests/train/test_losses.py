@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from humanline_data.errors import HumanlineError
+from humanline_data.advantages import group_advantages
 from humanline_train import losses
 
 # the tests read scalars off tensors that carry gradient on purpose
@@ -257,10 +258,11 @@ def test_kto_metrics_omit_an_empty_group():
 
 
 def test_group_advantages_match_loops():
+    """The one advantage function (pairing and training both call it) against a loop."""
     g = torch.Generator().manual_seed(40)
     rewards = torch.randn(10, generator=g, dtype=torch.float64)
     group_ids = torch.tensor([7, 7, 7, 3, 3, 9, 9, 9, 9, 3])
-    got = losses.group_advantages(rewards, group_ids)
+    got = group_advantages(rewards.numpy(), group_ids.numpy())
     for i in range(10):
         members = [float(rewards[j]) for j in range(10) if group_ids[j] == group_ids[i]]
         mean = sum(members) / len(members)
@@ -269,9 +271,8 @@ def test_group_advantages_match_loops():
 
 
 def test_group_advantages_of_pairs_are_plus_minus_one():
-    rewards = torch.tensor([5.0, -3.0, 0.2, 0.2, 100.0, 0.0])
-    got = losses.group_advantages(rewards, torch.tensor([0, 0, 1, 1, 2, 2]))
-    assert got.dtype == torch.float32
+    rewards = [5.0, -3.0, 0.2, 0.2, 100.0, 0.0]
+    got = group_advantages(rewards, [0, 0, 1, 1, 2, 2])
     assert float(got[0]) == pytest.approx(4 / 4.01) and float(got[1]) == pytest.approx(-4 / 4.01)
     assert float(got[2]) == 0.0 and float(got[3]) == 0.0  # a tie carries no signal
     assert float(got[4]) == pytest.approx(1.0, abs=2e-4) and float(got[5]) == pytest.approx(-1.0, abs=2e-4)
