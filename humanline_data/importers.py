@@ -8,14 +8,16 @@ the contract's bookkeeping columns:
 - ``source`` = ``<format>/<file name without suffixes>`` unless the record names one;
 - ``split`` (prompts, completions, scored) = ``split`` argument, else the record's ``split``,
   else inferred from the file name (``train``; ``test``/``eval`` -> test; ``val``/``dev`` ->
-  validation), else an error asking for ``--split``;
+  validation), else ``train`` as Hugging Face ``datasets`` names the rows of a file without a
+  split (the manifest's ``stats.split_defaulted_to_train`` lists those sources);
 - ``sample_idx`` (completions, scored) = the record's, else 0, 1, ... per prompt in file order;
 - ``metadata`` = JSON object of the columns the reader did not use (merged with an incoming
   ``metadata`` object), null when there are none.
 
 Prompt sets keep the first of repeated prompts (counted as skipped ``duplicate_prompt``).
-Any other bad record stops the import with ``file:line: <problem>``, or, with
-``skip_invalid``, is skipped and counted by reason in the manifest's ``stats.skipped``.
+Any other bad record stops the import with ``file:line: <problem> (--skip-invalid skips and
+counts such records)``, or, with ``skip_invalid``, is skipped and counted by reason in the
+manifest's ``stats.skipped``.
 Nothing is written unless the whole import succeeds.
 """
 
@@ -47,6 +49,8 @@ _SPLIT_WORDS = {
     "dev": "validation",
 }
 _CHUNK_ROWS = 20_000
+DEFAULT_SPLIT = "train"
+SKIP_HINT = "(--skip-invalid skips and counts such records)"
 
 
 def infer_split(name: str) -> str | None:
@@ -88,6 +92,7 @@ class _Rows:
         self.next_sample: Counter = Counter()
         self.skipped: Counter = Counter()
         self.without_answer = 0
+        self.split_defaulted: set[str] = set()
 
     def add(self, kind: str, row: dict, where: str, source: str, file_split: str | None) -> None:
         if self.kind is None:
@@ -102,7 +107,8 @@ class _Rows:
         if "split" in columns:
             row["split"] = self.split or row.get("split") or file_split
             if row["split"] is None:
-                raise InputFormatError(f"{where}: cannot infer the split from the file name; pass --split")
+                row["split"] = DEFAULT_SPLIT
+                self.split_defaulted.add(source)
         if not self._admit(kind, row, pid):
             return
         if "answer" in columns and row.get("answer") is None:
@@ -138,12 +144,15 @@ class _Rows:
         self.pending = []
 
 
-def _format_of(fmt: str, path: Path, first: tuple[str, dict] | None) -> str:
+def _format_of(fmt: str, path: Path, first: tuple[str, dict | RecordError] | None) -> str:
     if fmt != "auto":
         return fmt
     if first is None:
         raise InputFormatError(f"{path}: no records")
-    return detect(first[1], first[0])
+    where, record = first
+    if isinstance(record, RecordError):
+        raise InputFormatError(f"{where}: {record}; the format is detected from the first record, pass --format")
+    return detect(record, where)
 
 
 def import_sources(
@@ -194,6 +203,8 @@ def import_sources(
     stats = {"rows_read": read, "rows_written": written, "skipped": skipped}
     if "answer" in SCHEMAS[rows.kind].names:
         stats["rows_without_answer"] = rows.without_answer
+    if rows.split_defaulted:
+        stats["split_defaulted_to_train"] = sorted(rows.split_defaulted)
     producer = {"name": "humanline_data.importers", "version": package_version("humanline")}
     with store.write_version(out, rows.kind, params=params, producer=producer, stats=stats) as writer:
         for chunk in rows.chunks:
@@ -207,10 +218,14 @@ def _chain(first, records):
     yield from records
 
 
-def _convert(fmt: str, where: str, record: dict, source: str, file_split: str | None, rows: _Rows) -> None:
-    """Convert one record into ``rows``; bad records raise with ``where`` or are counted as skipped."""
-    leftover = dict(record)
+def _convert(fmt: str, where: str, record: dict | RecordError, source: str, file_split: str | None,
+             rows: _Rows) -> None:
+    """Convert one record (or the error that makes it unreadable) into ``rows``; bad records
+    raise with ``where`` or are counted as skipped."""
     try:
+        if isinstance(record, RecordError):
+            raise record
+        leftover = dict(record)
         kind, row = READERS[fmt](leftover)
         row["metadata"] = _metadata(leftover, row.pop("metadata", None))
         rows.add(kind, row, where, source, file_split)
@@ -221,5 +236,5 @@ def _convert(fmt: str, where: str, record: dict, source: str, file_split: str | 
         if err.reason == "missing_column":
             hint = f" (record has {', '.join(record)})"
         else:
-            hint = "; --skip-invalid skips such records"
+            hint = f" {SKIP_HINT}"
         raise RecordError(err.reason, f"{where}: format {fmt}: {err}{hint}") from None

@@ -11,7 +11,23 @@ from humanline_data.errors import HumanlineError
 
 
 class _Group(click.Group):
-    """Turns a :class:`HumanlineError` into ``error: <one line>`` on stderr and exit status 2."""
+    """Turns a :class:`HumanlineError` or a usage error into ``error: <one line>`` on stderr and
+    exit status 2 (click's own usage errors would print three lines)."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as done:  # --help, --version
+            sys.exit(done.exit_code)
+        except click.ClickException as err:
+            click.echo(f"error: {' '.join(err.format_message().split())}", err=True)
+            sys.exit(err.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(0)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -28,9 +44,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from humanline_data.cli import generate, inspect, ingest, pair, score, versions
+    from humanline_data.cli import gc, generate, inspect, ingest, pair, score, versions
 
-    for module in (ingest, generate, score, pair, inspect, versions):
+    for module in (ingest, generate, score, pair, inspect, versions, gc):
         for command in module.COMMANDS:
             main.add_command(command)
 

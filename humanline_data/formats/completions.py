@@ -15,18 +15,21 @@ from __future__ import annotations
 import json
 
 from humanline_data.formats.fields import (
+    INT64_MAX,
     carry_bookkeeping,
     completion_of,
     integer,
     number,
+    optional_integer,
+    optional_number,
     optional_text,
     prompt,
     take,
 )
 from humanline_data.formats.problems import any_prompt
 
-# Columns of this project's completions that pass through unchanged when present.
-_SAMPLING = ("temperature", "top_p", "max_new_tokens", "seed", "logprob_sum")
+# Columns of this project's completions, checked and kept when present.
+_SAMPLING_FLOATS = ("temperature", "top_p", "logprob_sum")
 
 
 def completions(record: dict) -> tuple[str, dict]:
@@ -42,7 +45,9 @@ def completions(record: dict) -> tuple[str, dict]:
         "completion_tokens": tokens if tokens == -1 else integer(tokens, "completion_tokens"),
         "generator": optional_text(take(record, "generator", default=None), "generator") or "import",
         "finish_reason": optional_text(take(record, "finish_reason", default=None), "finish_reason") or "unknown",
-        **{name: take(record, name, default=None) for name in _SAMPLING},
+        **{name: optional_number(take(record, name, default=None), name) for name in _SAMPLING_FLOATS},
+        "max_new_tokens": optional_integer(take(record, "max_new_tokens", default=None), "max_new_tokens"),
+        "seed": optional_integer(take(record, "seed", default=None), "seed", INT64_MAX),
     }
     carry_bookkeeping(record, row)
     if record.get("reward") is None:
