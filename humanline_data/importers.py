@@ -23,12 +23,13 @@ Nothing is written unless the whole import succeeds.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from importlib.metadata import version as package_version
 from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 
@@ -144,15 +145,15 @@ class _Rows:
         self.pending = []
 
 
-def _format_of(fmt: str, path: Path, first: tuple[str, dict | RecordError] | None) -> str:
+def _format_of(fmt: str, path: Path, head: list[tuple[str, dict | RecordError]]) -> str:
+    """``fmt``, or for auto the format of the first readable record of ``head`` (the records up to
+    and including it); files with no readable record keep "auto" (they add no rows)."""
     if fmt != "auto":
         return fmt
-    if first is None:
+    if not head:
         raise InputFormatError(f"{path}: no records")
-    where, record = first
-    if isinstance(record, RecordError):
-        raise InputFormatError(f"{where}: {record}; the format is detected from the first record, pass --format")
-    return detect(record, where)
+    where, record = head[-1]
+    return fmt if isinstance(record, RecordError) else detect(record, where)
 
 
 def import_sources(
@@ -183,11 +184,11 @@ def import_sources(
         if limit is not None and read >= limit:
             break
         records = read_records(path)
-        first = next(records, None)
-        path_fmt = _format_of(fmt, path, first)
+        head = _up_to_first_readable(records)
+        path_fmt = _format_of(fmt, path, head)
         name, file_split = f"{path_fmt}/{source_name(path)}", infer_split(source_name(path))
         n = 0
-        for where, record in _chain(first, records):
+        for where, record in itertools.chain(head, records):
             if limit is not None and read >= limit:
                 break
             read += 1
@@ -212,10 +213,14 @@ def import_sources(
     return writer.path
 
 
-def _chain(first, records):
-    if first is not None:
-        yield first
-    yield from records
+def _up_to_first_readable(records: Iterator[tuple[str, dict | RecordError]]) -> list[tuple[str, dict | RecordError]]:
+    """Records taken from ``records`` up to and including the first that is not a RecordError."""
+    head = []
+    for item in records:
+        head.append(item)
+        if not isinstance(item[1], RecordError):
+            break
+    return head
 
 
 def _convert(fmt: str, where: str, record: dict | RecordError, source: str, file_split: str | None,
