@@ -48,7 +48,7 @@ def read_records(path: Path) -> Iterator[tuple[str, dict | RecordError]]:
     elif path.name.endswith(".parquet"):
         try:
             batches = pq.ParquetFile(path).iter_batches()
-        except (pa.ArrowException, OSError) as exc:
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
             raise InputFormatError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
         yield from _rows(path, batches)
     else:
