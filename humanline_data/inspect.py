@@ -1,16 +1,17 @@
 """DuckDB views over dataset versions, ad-hoc SQL, and the diagnostics report.
 
-Views: ``data`` is the inspected version (its Parquet parts, scanned as an Arrow dataset); the
+Views: ``data`` is the inspected version (its Parquet parts); the
 versions of the same dataset are ``v1``, ``v2``, … for joins and comparisons. Every version a
 query uses is verified against its manifest first (only the ``vN`` named in the SQL are opened).
 DuckDB runs in memory and streams the parts, so reports over 10M rows stay in bounded memory.
 
-**Read-only by default.** The views are handed to DuckDB as Arrow datasets, then DuckDB's
-``enable_external_access`` is turned off and its configuration locked: a query can read those
-views and nothing else, and cannot write files (``COPY ... TO``), ``ATTACH`` databases,
-``INSTALL``/``LOAD`` extensions or turn the setting back on. ``unsafe=True`` (the CLI's
-``--unsafe-sql``) leaves DuckDB's full file access on. Spills go to a private temporary folder
-that is removed afterwards.
+**Read-only user SQL.** For :func:`query` the views are handed to DuckDB as Arrow datasets,
+then DuckDB's ``enable_external_access`` is turned off and its configuration locked: a query
+can read those views and nothing else, and cannot write files (``COPY ... TO``), ``ATTACH``
+databases, ``INSTALL``/``LOAD`` extensions or turn the setting back on. ``unsafe=True`` (the
+CLI's ``--unsafe-sql``) leaves DuckDB's full file access on. The report's own SQL runs over
+``read_parquet`` views (faster and leaner than Arrow scans: 1M rows 2.1-2.6 s / 0.5 GB peak
+against 2.9-3.2 s / 0.75 GB). Spills go to a private temporary folder removed afterwards.
 
 :func:`diagnostics` returns a JSON-ready dict; which sections it holds depends on the kind:
 
@@ -66,10 +67,10 @@ class QueryError(HumanlineError):
 
 
 @contextlib.contextmanager
-def connect(path: str | os.PathLike, sql: str = "", unsafe: bool = False) -> Iterator[tuple[duckdb.DuckDBPyConnection, Version]]:
+def connect(path: str | os.PathLike, sql: str = "", sandboxed: bool = True) -> Iterator[tuple[duckdb.DuckDBPyConnection, Version]]:
     """An in-memory DuckDB with view ``data`` over the version at ``path`` and views ``vN`` over
-    the dataset's versions that ``sql`` names, and the opened (verified) version; read-only
-    (see the module docstring) unless ``unsafe``."""
+    the dataset's versions that ``sql`` names, and the opened (verified) version; ``sandboxed``:
+    read-only, no file access beyond the views (see the module docstring)."""
     version = open_version(path)
     views = {"data": version}
     for other in list_versions(version.path.parent):
@@ -80,8 +81,8 @@ def connect(path: str | os.PathLike, sql: str = "", unsafe: bool = False) -> Ite
         try:
             con.execute("SET enable_progress_bar = false")  # it would print into csv/json output
             for name, opened in views.items():
-                con.register(name, pads.dataset([str(p) for p in opened.files], format="parquet"))
-            if not unsafe:
+                _add_view(con, name, opened, sandboxed)
+            if sandboxed:
                 con.execute("SET enable_external_access = false")
                 con.execute("SET lock_configuration = true")
             yield con, version
@@ -89,12 +90,22 @@ def connect(path: str | os.PathLike, sql: str = "", unsafe: bool = False) -> Ite
             con.close()
 
 
+def _add_view(con: duckdb.DuckDBPyConnection, name: str, version: Version, sandboxed: bool) -> None:
+    """View ``name`` over ``version``'s parts: an Arrow dataset (readable once file access is
+    off) when ``sandboxed``, else DuckDB's own ``read_parquet``."""
+    if sandboxed:
+        con.register(name, pads.dataset([str(p) for p in version.files], format="parquet"))
+        return
+    files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in version.files)
+    con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{files}])")
+
+
 def query(path: str | os.PathLike, sql: str, unsafe: bool = False) -> pa.Table:
     """The result of ``sql`` over the views of :func:`connect`, as an Arrow table (no columns
     when the last statement returns no rows)."""
     if not sql.strip():
         raise QueryError("SQL: empty query")
-    with connect(path, sql, unsafe) as (con, _):
+    with connect(path, sql, sandboxed=not unsafe) as (con, _):
         try:
             result = con.sql(sql)
             return pa.table({}) if result is None else result.to_arrow_table()
@@ -104,7 +115,7 @@ def query(path: str | os.PathLike, sql: str, unsafe: bool = False) -> pa.Table:
 
 def diagnostics(path: str | os.PathLike) -> dict:
     """The diagnostics report of the version at ``path`` (see the module docstring)."""
-    with connect(path) as (con, version):
+    with connect(path, sandboxed=False) as (con, version):  # only this module's own SQL runs
         return {"version": str(version.path), **_report(con, version.kind), "lineage": lineage(version.path)}
 
 
