@@ -377,14 +377,24 @@ def _describe(path: Path) -> str:
     return "a file" if path.exists() else "nothing (it vanished)"
 
 
-@contextlib.contextmanager
-def _dataset_lock(dataset: Path, how: int) -> Iterator[None]:
-    """``flock`` the dataset folder itself: shared while a writer creates and locks its
-    temporary directory, exclusive while :func:`collect_garbage` looks for dead ones."""
-    fd = os.open(dataset, os.O_RDONLY | os.O_DIRECTORY)
+def _flock(fd: int, how: int) -> bool:
+    """Take ``flock`` ``how`` on ``fd``; False when another process holds it (with LOCK_NB) or
+    the file system has no such locks (then nothing can be told apart and nothing is removed)."""
     try:
         fcntl.flock(fd, how)
-        yield
+    except OSError:  # BlockingIOError: held elsewhere; EBADF/ENOLCK/EOPNOTSUPP: unsupported here
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _dataset_lock(dataset: Path, how: int) -> Iterator[bool]:
+    """``flock`` the dataset folder itself (yields whether it is held): shared while a writer
+    creates and locks its temporary directory, exclusive while :func:`collect_garbage` looks
+    for dead ones."""
+    fd = os.open(dataset, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield _flock(fd, how)
     finally:
         os.close(fd)
 
@@ -396,7 +406,7 @@ def _new_tmp(dataset: Path) -> tuple[Path, int]:
         with _dataset_lock(dataset, fcntl.LOCK_SH):
             tmp.mkdir()
             fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise HumanlineError(f"{dataset}: cannot write a version here ({exc.strerror})") from None
@@ -412,27 +422,28 @@ def collect_garbage(dataset: str | os.PathLike) -> list[tuple[Path, int]]:
     dataset = Path(dataset)
     freed = []
     try:
-        with _dataset_lock(dataset, fcntl.LOCK_EX):
-            for entry in os.scandir(dataset):
-                if not entry.name.startswith(TMP_PREFIX) or not entry.is_dir(follow_symlinks=False):
-                    continue
-                path = Path(entry.path)
-                try:
-                    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-                except OSError:
-                    continue  # vanished: its writer finished
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a live writer
-                finally:
-                    os.close(fd)
-                size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-                shutil.rmtree(path)
-                freed.append((path, size))
+        with _dataset_lock(dataset, fcntl.LOCK_EX) as held:
+            for entry in os.scandir(dataset) if held else ():
+                if entry.name.startswith(TMP_PREFIX) and entry.is_dir(follow_symlinks=False) and _unowned(entry.path):
+                    path = Path(entry.path)
+                    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+                    shutil.rmtree(path)
+                    freed.append((path, size))
     except OSError as exc:
         raise HumanlineError(f"{dataset}: cannot clean up temporary folders ({exc.strerror})") from None
     return freed
+
+
+def _unowned(tmp: str) -> bool:
+    """Whether no live writer holds the lock of the temporary directory ``tmp``."""
+    try:
+        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False  # vanished: its writer finished
+    try:
+        return _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
 
 
 def _fsync(path: Path) -> None:
