@@ -177,6 +177,7 @@ def import_sources(
     for path in paths:
         if not path.exists():
             raise InputFormatError(f"{path}: source file not found")
+    store.check_out(out)
     rows = _Rows(split, skip_invalid)
     read = 0
     described = []

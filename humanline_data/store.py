@@ -234,7 +234,7 @@ class VersionWriter:
 
     def __post_init__(self) -> None:
         self.dataset = Path(self.dataset)
-        _refuse_inside_version(self.dataset)
+        check_out(self.dataset)
         try:
             self.dataset.mkdir(parents=True, exist_ok=True)
         except (OSError, RuntimeError) as exc:  # a file in the way, a symlink loop, no permission
@@ -348,8 +348,10 @@ def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc)
 
 
-def _refuse_inside_version(dataset: Path) -> None:
-    """Raise unless ``dataset`` (an output dataset folder) lies outside every version folder."""
+def check_out(dataset: str | os.PathLike) -> None:
+    """Raise unless ``dataset`` can be an output dataset folder: a folder or nothing yet, outside
+    every version folder (stages call it before their work as well as when they write)."""
+    dataset = Path(dataset)
     try:
         real = dataset.resolve()
     except (OSError, RuntimeError) as exc:
@@ -360,6 +362,8 @@ def _refuse_inside_version(dataset: Path) -> None:
                 f"{dataset}: lies inside the version {path}; versions are immutable, "
                 f"so --out takes a dataset folder such as {path.parent}"
             )
+    if dataset.exists() and not dataset.is_dir():
+        raise HumanlineError(f"{dataset}: exists and is not a folder, so it cannot be the dataset folder")
 
 
 def _next_number(dataset: Path) -> int:

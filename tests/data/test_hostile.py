@@ -149,7 +149,8 @@ def test_out_that_cannot_be_a_dataset_folder_is_one_line(tmp_path):
     a_file.write_text("keep me")
     loop = tmp_path / "loop"
     loop.symlink_to(loop)
-    one_error(cli("import", src, "--out", a_file), f"{a_file}: cannot create the dataset folder")
+    one_error(cli("import", src, "--out", a_file), f"{a_file}: exists and is not a folder")
+    one_error(cli("import", src, "--out", a_file / "d"), f"{a_file / 'd'}: cannot create the dataset folder")
     one_error(cli("import", src, "--out", loop), f"{loop}: cannot use as the dataset folder")
     one_error(cli("import", src, "--out", "/proc/humanline-out"), "/proc/humanline-out: cannot create the dataset folder")
     assert a_file.read_text() == "keep me"
