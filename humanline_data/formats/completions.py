@@ -16,6 +16,7 @@ import json
 
 from humanline_data.formats.fields import (
     INT64_MAX,
+    RecordError,
     carry_bookkeeping,
     completion_of,
     integer,
@@ -57,6 +58,15 @@ def completions(record: dict) -> tuple[str, dict]:
     row.update(
         reward=number(take(record, "reward"), "reward"),
         scorer=optional_text(take(record, "scorer", default=None), "scorer") or "import",
-        reward_components=json.dumps(components) if isinstance(components, dict) else components,
+        reward_components=_components(components),
     )
     return "scored", row
+
+
+def _components(value) -> str | None:
+    """``reward_components`` as JSON object text: a dict, its JSON text, or null."""
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    if value is None or isinstance(value, str):
+        return value
+    raise RecordError("wrong_dtype", f"column 'reward_components' has dtype {type(value).__name__}, expected an object")

@@ -37,7 +37,7 @@ def fuzz(cases: int) -> settings:
 COLUMNS = ["prompt", "completion", "messages", "chosen", "rejected", "label", "kto_tag", "reward", "answer",
            "problem", "question", "instruction", "input", "output", "conversations", "system", "sample_idx",
            "seed", "temperature", "top_p", "max_new_tokens", "completion_tokens", "split", "source", "metadata",
-           "score_chosen", "finish_reason", "prompt_id"]
+           "score_chosen", "finish_reason", "prompt_id", "reward_components", "generator", "scorer", "logprob_sum"]
 ROLES = ["user", "assistant", "system", "human", "gpt", "tool", "", "USER", None, 3]
 FORMATS = ["auto", "trl", "hh", "sharegpt", "kto", "math", "gsm8k", "alpaca", "prompts", "completions"]
 
@@ -60,8 +60,9 @@ values = st.one_of(scalars, messages, message, st.lists(scalars, max_size=3),
 records = st.dictionaries(st.sampled_from(COLUMNS), values, max_size=7)
 # Records near the contract, so that many cases get deep into the readers (and some succeed).
 plausible = st.one_of(
-    st.fixed_dictionaries({"prompt": texts, "completion": texts}, optional={"reward": numbers, "sample_idx": numbers,
-                                                                            "seed": numbers, "temperature": scalars}),
+    st.fixed_dictionaries({"prompt": texts, "completion": texts}, optional={
+        "reward": numbers, "sample_idx": numbers, "seed": numbers, "temperature": scalars, "reward_components": values,
+        "completion_tokens": numbers, "generator": scalars}),
     st.fixed_dictionaries({"prompt": texts, "chosen": texts, "rejected": texts}),
     st.fixed_dictionaries({"messages": messages}, optional={"label": scalars, "kto_tag": scalars, "completion": texts}),
     st.fixed_dictionaries({"problem": texts, "answer": scalars}),

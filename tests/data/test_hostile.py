@@ -312,6 +312,7 @@ def test_bom_and_utf8_errors_with_line_numbers(tmp_path):
     ({"sample_idx": 2**31}, "column 'sample_idx' is 2147483648, expected an integer from 0 to 2147483647", "wrong_dtype"),
     ({"max_new_tokens": 2**40}, "column 'max_new_tokens' is 1099511627776", "wrong_dtype"),
     ({"top_p": float("nan")}, "column 'top_p' is nan (must be finite)", "non_finite"),
+    ({"reward": 0.5, "reward_components": [1]}, "column 'reward_components' has dtype list, expected an object", "wrong_dtype"),
 ])
 def test_conversion_errors_name_file_and_line_and_are_skippable(tmp_path, extra, needle, reason):
     src = tmp_path / "gens_train.jsonl"
