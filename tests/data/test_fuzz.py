@@ -145,6 +145,7 @@ def base(tmp_path_factory) -> tuple[Path, dict[Path, dict]]:
     return root, {v: digest(v) for v in versions}
 
 
+@pytest.mark.timeout(180)  # a hang fails the test instead of stalling CI
 @fuzz(IMPORT_CASES)
 @given(file=source_files(), fmt=st.sampled_from(FORMATS), skip=st.booleans(), split=st.sampled_from([None, "train", ""]))
 def test_import_of_generated_hostile_files(base, file, fmt, skip, split):
@@ -182,6 +183,7 @@ def damaged_versions(draw, good: dict) -> tuple[str, object, str]:
     return folder, manifest, draw(st.sampled_from(["none", "none", "truncate", "delete", "flip", "extra"]))
 
 
+@pytest.mark.timeout(180)
 def test_damaged_manifests_and_version_folders(base, tmp_path):
     root, kept = base
     good = store.list_versions(root / "data")[-1]
