@@ -39,8 +39,24 @@ class ModelNotFoundError(HumanlineError):
 
 
 class OneLineErrorGroup(click.Group):
-    """A click group that turns a :class:`HumanlineError` into ``error: <one line>`` on stderr
-    and exit status 2 (both command-line tools use it)."""
+    """A click group (both command-line tools use it) that turns a :class:`HumanlineError` into
+    ``error: <one line>`` on stderr and exit status 2, and a usage error into one ``error:``
+    line with click's exit status (click's own would print three lines)."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as done:  # --help, --version
+            sys.exit(done.exit_code)
+        except click.ClickException as err:
+            click.echo(f"error: {' '.join(err.format_message().split())}", err=True)
+            sys.exit(err.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(0)
 
     def invoke(self, ctx: click.Context):
         try:

@@ -8,25 +8,28 @@ the contract's bookkeeping columns:
 - ``source`` = ``<format>/<file name without suffixes>`` unless the record names one;
 - ``split`` (prompts, completions, scored) = ``split`` argument, else the record's ``split``,
   else inferred from the file name (``train``; ``test``/``eval`` -> test; ``val``/``dev`` ->
-  validation), else an error asking for ``--split``;
+  validation), else ``train`` as Hugging Face ``datasets`` names the rows of a file without a
+  split (the manifest's ``stats.split_defaulted_to_train`` lists those sources);
 - ``sample_idx`` (completions, scored) = the record's, else 0, 1, ... per prompt in file order;
 - ``metadata`` = JSON object of the columns the reader did not use (merged with an incoming
   ``metadata`` object), null when there are none.
 
 Prompt sets keep the first of repeated prompts (counted as skipped ``duplicate_prompt``).
-Any other bad record stops the import with ``file:line: <problem>``, or, with
-``skip_invalid``, is skipped and counted by reason in the manifest's ``stats.skipped``.
+Any other bad record stops the import with ``file:line: <problem> (--skip-invalid skips and
+counts such records)``, or, with ``skip_invalid``, is skipped and counted by reason in the
+manifest's ``stats.skipped``.
 Nothing is written unless the whole import succeeds.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from importlib.metadata import version as package_version
 from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 
@@ -47,6 +50,8 @@ _SPLIT_WORDS = {
     "dev": "validation",
 }
 _CHUNK_ROWS = 20_000
+DEFAULT_SPLIT = "train"
+SKIP_HINT = "(--skip-invalid skips and counts such records)"
 
 
 def infer_split(name: str) -> str | None:
@@ -88,6 +93,7 @@ class _Rows:
         self.next_sample: Counter = Counter()
         self.skipped: Counter = Counter()
         self.without_answer = 0
+        self.split_defaulted: set[str] = set()
 
     def add(self, kind: str, row: dict, where: str, source: str, file_split: str | None) -> None:
         if self.kind is None:
@@ -102,7 +108,8 @@ class _Rows:
         if "split" in columns:
             row["split"] = self.split or row.get("split") or file_split
             if row["split"] is None:
-                raise InputFormatError(f"{where}: cannot infer the split from the file name; pass --split")
+                row["split"] = DEFAULT_SPLIT
+                self.split_defaulted.add(source)
         if not self._admit(kind, row, pid):
             return
         if "answer" in columns and row.get("answer") is None:
@@ -138,12 +145,15 @@ class _Rows:
         self.pending = []
 
 
-def _format_of(fmt: str, path: Path, first: tuple[str, dict] | None) -> str:
+def _format_of(fmt: str, path: Path, head: list[tuple[str, dict | RecordError]]) -> str:
+    """``fmt``, or for auto the format of the first readable record of ``head`` (the records up to
+    and including it); files with no readable record keep "auto" (they add no rows)."""
     if fmt != "auto":
         return fmt
-    if first is None:
+    if not head:
         raise InputFormatError(f"{path}: no records")
-    return detect(first[1], first[0])
+    where, record = head[-1]
+    return fmt if isinstance(record, RecordError) else detect(record, where)
 
 
 def import_sources(
@@ -167,6 +177,7 @@ def import_sources(
     for path in paths:
         if not path.exists():
             raise InputFormatError(f"{path}: source file not found")
+    store.check_out(out)
     rows = _Rows(split, skip_invalid)
     read = 0
     described = []
@@ -174,11 +185,11 @@ def import_sources(
         if limit is not None and read >= limit:
             break
         records = read_records(path)
-        first = next(records, None)
-        path_fmt = _format_of(fmt, path, first)
+        head = _up_to_first_readable(records)
+        path_fmt = _format_of(fmt, path, head)
         name, file_split = f"{path_fmt}/{source_name(path)}", infer_split(source_name(path))
         n = 0
-        for where, record in _chain(first, records):
+        for where, record in itertools.chain(head, records):
             if limit is not None and read >= limit:
                 break
             read += 1
@@ -194,6 +205,8 @@ def import_sources(
     stats = {"rows_read": read, "rows_written": written, "skipped": skipped}
     if "answer" in SCHEMAS[rows.kind].names:
         stats["rows_without_answer"] = rows.without_answer
+    if rows.split_defaulted:
+        stats["split_defaulted_to_train"] = sorted(rows.split_defaulted)
     producer = {"name": "humanline_data.importers", "version": package_version("humanline")}
     with store.write_version(out, rows.kind, params=params, producer=producer, stats=stats) as writer:
         for chunk in rows.chunks:
@@ -201,16 +214,24 @@ def import_sources(
     return writer.path
 
 
-def _chain(first, records):
-    if first is not None:
-        yield first
-    yield from records
+def _up_to_first_readable(records: Iterator[tuple[str, dict | RecordError]]) -> list[tuple[str, dict | RecordError]]:
+    """Records taken from ``records`` up to and including the first that is not a RecordError."""
+    head = []
+    for item in records:
+        head.append(item)
+        if not isinstance(item[1], RecordError):
+            break
+    return head
 
 
-def _convert(fmt: str, where: str, record: dict, source: str, file_split: str | None, rows: _Rows) -> None:
-    """Convert one record into ``rows``; bad records raise with ``where`` or are counted as skipped."""
-    leftover = dict(record)
+def _convert(fmt: str, where: str, record: dict | RecordError, source: str, file_split: str | None,
+             rows: _Rows) -> None:
+    """Convert one record (or the error that makes it unreadable) into ``rows``; bad records
+    raise with ``where`` or are counted as skipped."""
     try:
+        if isinstance(record, RecordError):
+            raise record
+        leftover = dict(record)
         kind, row = READERS[fmt](leftover)
         row["metadata"] = _metadata(leftover, row.pop("metadata", None))
         rows.add(kind, row, where, source, file_split)
@@ -221,5 +242,5 @@ def _convert(fmt: str, where: str, record: dict, source: str, file_split: str | 
         if err.reason == "missing_column":
             hint = f" (record has {', '.join(record)})"
         else:
-            hint = "; --skip-invalid skips such records"
+            hint = f" {SKIP_HINT}"
         raise RecordError(err.reason, f"{where}: format {fmt}: {err}{hint}") from None

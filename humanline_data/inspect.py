@@ -1,9 +1,17 @@
 """DuckDB views over dataset versions, ad-hoc SQL, and the diagnostics report.
 
-Views: ``data`` is the inspected version (its Parquet parts, read by ``read_parquet``); the
+Views: ``data`` is the inspected version (its Parquet parts); the
 versions of the same dataset are ``v1``, ``v2``, … for joins and comparisons. Every version a
 query uses is verified against its manifest first (only the ``vN`` named in the SQL are opened).
 DuckDB runs in memory and streams the parts, so reports over 10M rows stay in bounded memory.
+
+**Read-only user SQL.** For :func:`query` the views are handed to DuckDB as Arrow datasets,
+then DuckDB's ``enable_external_access`` is turned off and its configuration locked: a query
+can read those views and nothing else, and cannot write files (``COPY ... TO``), ``ATTACH``
+databases, ``INSTALL``/``LOAD`` extensions or turn the setting back on. ``unsafe=True`` (the
+CLI's ``--unsafe-sql``) leaves DuckDB's full file access on. The report's own SQL runs over
+``read_parquet`` views (faster and leaner than Arrow scans: 1M rows 2.1-2.6 s / 0.5 GB peak
+against 2.9-3.2 s / 0.75 GB). Spills go to a private temporary folder removed afterwards.
 
 :func:`diagnostics` returns a JSON-ready dict; which sections it holds depends on the kind:
 
@@ -23,19 +31,24 @@ DuckDB runs in memory and streams the parts, so reports over 10M rows stay in bo
 ``truncated``                    completions, scored: rows with ``finish_reason = 'length'``
 ``lineage``                      this version and its ancestors (path, kind, command, depth;
                                  status ``ok`` / ``missing`` / ``changed`` when a parent's
-                                 manifest no longer matches the hash its child recorded)
+                                 manifest no longer matches the hash its child recorded /
+                                 ``broken`` when it is no valid manifest)
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as pads
 
-from humanline_data.errors import HumanlineError
+from humanline_data.errors import CorruptVersionError, HumanlineError
 from humanline_data.store import MANIFEST, Version, list_versions, open_version, read_manifest, sha256_file
 
 HISTOGRAM_BINS = 10
@@ -53,42 +66,57 @@ class QueryError(HumanlineError):
     """DuckDB rejected a query (syntax, unknown column, ...)."""
 
 
-def connect(path: str | os.PathLike, sql: str = "") -> tuple[duckdb.DuckDBPyConnection, Version]:
+@contextlib.contextmanager
+def connect(path: str | os.PathLike, sql: str = "", sandboxed: bool = True) -> Iterator[tuple[duckdb.DuckDBPyConnection, Version]]:
     """An in-memory DuckDB with view ``data`` over the version at ``path`` and views ``vN`` over
-    the dataset's versions that ``sql`` names; the opened (verified) version."""
+    the dataset's versions that ``sql`` names, and the opened (verified) version; ``sandboxed``:
+    read-only, no file access beyond the views (see the module docstring)."""
     version = open_version(path)
-    con = duckdb.connect()
-    con.execute("SET enable_progress_bar = false")  # it would print into csv/json output
-    _create_view(con, "data", version)
+    views = {"data": version}
     for other in list_versions(version.path.parent):
         if re.search(rf"\b{other.name}\b", sql, flags=re.IGNORECASE):
-            _create_view(con, other.name, version if other == version.path else open_version(other))
-    return con, version
+            views[other.name] = version if other == version.path else open_version(other)
+    with tempfile.TemporaryDirectory(prefix="humanline-duckdb-") as spill:
+        con = duckdb.connect(config={"temp_directory": spill})
+        try:
+            con.execute("SET enable_progress_bar = false")  # it would print into csv/json output
+            for name, opened in views.items():
+                _add_view(con, name, opened, sandboxed)
+            if sandboxed:
+                con.execute("SET enable_external_access = false")
+                con.execute("SET lock_configuration = true")
+            yield con, version
+        finally:
+            con.close()
 
 
-def _create_view(con: duckdb.DuckDBPyConnection, name: str, version: Version) -> None:
+def _add_view(con: duckdb.DuckDBPyConnection, name: str, version: Version, sandboxed: bool) -> None:
+    """View ``name`` over ``version``'s parts: an Arrow dataset (readable once file access is
+    off) when ``sandboxed``, else DuckDB's own ``read_parquet``."""
+    if sandboxed:
+        con.register(name, pads.dataset([str(p) for p in version.files], format="parquet"))
+        return
     files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in version.files)
     con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{files}])")
 
 
-def query(path: str | os.PathLike, sql: str) -> pa.Table:
-    """The result of ``sql`` over the views of :func:`connect`, as an Arrow table."""
-    con, _ = connect(path, sql)
-    try:
-        return con.sql(sql).to_arrow_table()
-    except duckdb.Error as exc:
-        raise QueryError(f"SQL: {str(exc).strip().splitlines()[0]}") from None
-    finally:
-        con.close()
+def query(path: str | os.PathLike, sql: str, unsafe: bool = False) -> pa.Table:
+    """The result of ``sql`` over the views of :func:`connect`, as an Arrow table (no columns
+    when the last statement returns no rows)."""
+    if not sql.strip():
+        raise QueryError("SQL: empty query")
+    with connect(path, sql, sandboxed=not unsafe) as (con, _):
+        try:
+            result = con.sql(sql)
+            return pa.table({}) if result is None else result.to_arrow_table()
+        except duckdb.Error as exc:
+            raise QueryError(f"SQL: {str(exc).strip().splitlines()[0]}") from None
 
 
 def diagnostics(path: str | os.PathLike) -> dict:
     """The diagnostics report of the version at ``path`` (see the module docstring)."""
-    con, version = connect(path)
-    try:
+    with connect(path, sandboxed=False) as (con, version):  # only this module's own SQL runs
         return {"version": str(version.path), **_report(con, version.kind), "lineage": lineage(version.path)}
-    finally:
-        con.close()
 
 
 def _report(con: duckdb.DuckDBPyConnection, kind: str) -> dict:
@@ -211,7 +239,11 @@ def lineage(version: Path) -> list[dict]:
                 out.append({**_lineage_entry(path, parent, depth, "missing"), "command": None})
                 continue
             status = "ok" if sha256_file(path / MANIFEST) == parent.get("manifest_sha256") else "changed"
-            manifest = read_manifest(path)
+            try:
+                manifest = read_manifest(path)
+            except CorruptVersionError:
+                out.append({**_lineage_entry(path, parent, depth, "broken"), "command": None})
+                continue
             out.append(_lineage_entry(path, manifest, depth, status))
             queue.append((manifest, depth + 1))
     return out

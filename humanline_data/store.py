@@ -8,7 +8,15 @@ Layout of a dataset ``<root>/<name>/``::
 A version is written into a hidden temporary directory beside the versions
 (``.tmp-<uuid>``) and becomes visible only by one ``rename`` to ``vN`` once every part and the
 manifest are complete and fsynced, so readers never see a partial version and a killed writer
-leaves nothing visible. Existing versions are never modified.
+leaves nothing visible. Existing versions are never modified. Each writer holds an
+exclusive ``flock`` on its temporary directory while it lives, so the temporary directories of
+dead writers (``kill -9``) can be told apart and removed (:func:`collect_garbage`, run by every
+new writer of the dataset and by ``humanline-data gc``).
+
+A version folder is named ``v<N>`` (no leading zeros) and its manifest's ``version`` is ``N``;
+a folder whose manifest says another number (renamed, copied or symlinked) is refused, naming
+the folder. Empty ``vN`` folders are not versions; other entries named like versions (files,
+dangling links) are skipped when the next number is picked.
 
 ``manifest.json`` holds: ``version``, ``kind``, ``schema`` (Arrow schema as text), ``rows``,
 ``files`` (``[{name, rows, bytes, sha256}]``), ``created_at`` (UTC ISO-8601), ``command``
@@ -19,7 +27,10 @@ content hash), ``parents`` (``[{path, version, kind, manifest_sha256}]``) and ``
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -38,8 +49,12 @@ from humanline_data.errors import CorruptVersionError, HumanlineError, WrongKind
 from humanline_data.schema import SCHEMAS, conform
 
 MANIFEST = "manifest.json"
-_VERSION_RE = re.compile(r"^v(\d+)$")
+_VERSION_RE = re.compile(r"^v([1-9]\d*)$")
+_PART_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*\.parquet$")  # a plain file name inside the version
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+TMP_PREFIX = ".tmp-"
 ROWS_PER_FILE = 250_000
+COMMIT_TRIES = 5  # version numbers tried before a commit gives up (each lost to a concurrent writer)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -52,17 +67,27 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def version_number(path: Path) -> int | None:
-    m = _VERSION_RE.match(path.name)
+    """``N`` of a path named ``vN`` (no leading zeros), else None."""
+    m = _VERSION_RE.match(Path(path).name)
     return int(m.group(1)) if m else None
 
 
 def list_versions(dataset: Path) -> list[Path]:
-    """The complete version directories of a dataset, oldest first."""
+    """The version directories of a dataset (named ``vN``, not empty), oldest first."""
     dataset = Path(dataset)
-    if not dataset.is_dir():
-        return []
-    found = [p for p in dataset.iterdir() if p.is_dir() and version_number(p) is not None]
+    try:
+        entries = list(dataset.iterdir()) if dataset.is_dir() else []
+    except OSError as exc:
+        raise HumanlineError(f"{dataset}: cannot list the dataset folder ({exc.strerror})") from None
+    found = [p for p in entries if version_number(p) is not None and p.is_dir() and not _is_empty(p)]
     return sorted(found, key=version_number)
+
+
+def _is_empty(folder: Path) -> bool:
+    try:
+        return next(os.scandir(folder), None) is None
+    except OSError:
+        return False  # unreadable: let opening it say what is wrong
 
 
 def resolve_version(path: str | os.PathLike) -> Path:
@@ -77,13 +102,59 @@ def resolve_version(path: str | os.PathLike) -> Path:
 
 
 def read_manifest(version: Path) -> dict:
+    """The manifest of the version folder ``version``, checked for shape and for naming this
+    folder (``vN`` with ``version`` N); raises :class:`CorruptVersionError` naming what is wrong."""
     version = Path(version)
+    where = version / MANIFEST
     try:
-        return json.loads((version / MANIFEST).read_text())
+        manifest = json.loads(where.read_bytes())
     except FileNotFoundError:
-        raise CorruptVersionError(f"{version}: no {MANIFEST}") from None
-    except json.JSONDecodeError as exc:
-        raise CorruptVersionError(f"{version}/{MANIFEST}: malformed JSON ({exc.msg})") from None
+        raise CorruptVersionError(
+            f"{version}: version folder without {MANIFEST} (deleted, or a partial copy); "
+            "remove or repair the folder, or name another version"
+        ) from None
+    except OSError as exc:
+        raise CorruptVersionError(f"{where}: cannot read ({exc.strerror})") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, absurd nesting
+        raise CorruptVersionError(f"{where}: malformed JSON ({getattr(exc, 'msg', exc)})") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise CorruptVersionError(f"{where}: {problem}")
+    if version_number(version) != manifest["version"]:
+        raise CorruptVersionError(
+            f"{version}: folder name does not match its manifest, which says version {manifest['version']} "
+            f"(renamed, copied or linked?); a version lives in a folder named v{manifest['version']}"
+        )
+    return manifest
+
+
+def _manifest_problem(m: Any) -> str | None:
+    """What is wrong with the shape of a parsed manifest, or None."""
+    if not isinstance(m, dict):
+        return f"not a JSON object but {type(m).__name__}"
+    for key, kind in (("version", int), ("kind", str), ("rows", int), ("files", list), ("parents", list)):
+        if not isinstance(m.get(key), kind) or isinstance(m.get(key), bool):
+            return f"field {key!r} is missing or not {'a list' if kind is list else kind.__name__}"
+    if m["kind"] not in SCHEMAS:
+        return f"unknown kind {m['kind']!r}"
+    if m["version"] < 1:
+        return f"version {m['version']} (must be >= 1)"
+    for i, f in enumerate(m["files"]):
+        if not isinstance(f, dict):
+            return f"files[{i}] is not an object"
+        if not isinstance(f.get("name"), str) or not _PART_RE.match(f["name"]):
+            return f"files[{i}] names {f.get('name')!r}, not a part file inside the version"
+        for key in ("rows", "bytes"):
+            if not isinstance(f.get(key), int) or isinstance(f.get(key), bool) or f[key] < 0:
+                return f"files[{i}].{key} is missing or not a count"
+        if not isinstance(f.get("sha256"), str) or not _SHA256_RE.match(f["sha256"]):
+            return f"files[{i}].sha256 is missing or not 64 hex digits"
+    for i, parent in enumerate(m["parents"]):
+        if not isinstance(parent, dict) or not isinstance(parent.get("path"), str):
+            return f"parents[{i}] is not an object with a 'path'"
+    if sum(f["rows"] for f in m["files"]) != m["rows"]:
+        return f"rows {m['rows']} is not the sum of its files' rows"
+    return None
 
 
 def verify(version: Path) -> dict:
@@ -94,11 +165,13 @@ def verify(version: Path) -> dict:
         part = version / entry["name"]
         if not part.is_file():
             raise CorruptVersionError(f"{part}: part listed in the manifest is missing")
-        if part.stat().st_size != entry["bytes"]:
-            raise CorruptVersionError(
-                f"{part}: {part.stat().st_size} bytes, manifest says {entry['bytes']} (cut off mid-write?)"
-            )
-        if sha256_file(part) != entry["sha256"]:
+        try:
+            size, digest = part.stat().st_size, sha256_file(part)
+        except OSError as exc:
+            raise CorruptVersionError(f"{part}: cannot read ({exc.strerror})") from None
+        if size != entry["bytes"]:
+            raise CorruptVersionError(f"{part}: {size} bytes, manifest says {entry['bytes']} (cut off mid-write?)")
+        if digest != entry["sha256"]:
             raise CorruptVersionError(f"{part}: sha256 does not match the manifest")
     return manifest
 
@@ -161,9 +234,13 @@ class VersionWriter:
 
     def __post_init__(self) -> None:
         self.dataset = Path(self.dataset)
-        self.dataset.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.dataset / f".tmp-{uuid.uuid4().hex}"
-        self.tmp.mkdir()
+        check_out(self.dataset)
+        try:
+            self.dataset.mkdir(parents=True, exist_ok=True)
+        except (OSError, RuntimeError) as exc:  # a file in the way, a symlink loop, no permission
+            raise HumanlineError(f"{self.dataset}: cannot create the dataset folder ({_reason(exc)})") from None
+        collect_garbage(self.dataset)
+        self.tmp, self._lock = _new_tmp(self.dataset)
         self._files: list[dict] = []
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
@@ -193,7 +270,15 @@ class VersionWriter:
         )
 
     def commit(self) -> Path:
-        """Finish the parts, write the manifest, and rename into place as ``vN``."""
+        """Finish the parts, write the manifest, and rename into place as ``vN``; on any failure
+        the temporary directory is removed and nothing becomes visible."""
+        try:
+            return self._commit()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _commit(self) -> Path:
         if self._pending_rows or not self._files:
             self._flush(self._pending_rows)
         manifest = {
@@ -208,25 +293,35 @@ class VersionWriter:
             "parents": self.parents,
             "stats": self.stats,
         }
-        while True:
-            existing = [version_number(p) for p in list_versions(self.dataset)]
-            number = max(existing, default=0) + 1
+        for _ in range(COMMIT_TRIES):
+            number = _next_number(self.dataset)
             manifest["version"] = number
             (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
             _fsync(self.tmp / MANIFEST)
             target = self.dataset / f"v{number}"
             try:
-                os.rename(self.tmp, target)  # atomic; fails if another writer took vN
-            except OSError:
-                if target.exists():
+                os.rename(self.tmp, target)  # atomic; fails if another writer took vN meanwhile
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
                     continue
-                raise
+                raise HumanlineError(f"{target}: cannot make the version visible ({exc.strerror})") from None
             _fsync(self.dataset)
+            self._release()
             self.path = target
             return target
+        raise HumanlineError(
+            f"{target}: no free version number after {COMMIT_TRIES} tries; {_describe(target)} is in the way"
+        )
 
     def abort(self) -> None:
+        """Remove the temporary directory (idempotent)."""
         shutil.rmtree(self.tmp, ignore_errors=True)
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
 
 class write_version:  # noqa: N801 - used as a context manager, reads like a function
@@ -247,6 +342,112 @@ class write_version:  # noqa: N801 - used as a context manager, reads like a fun
             self.writer.commit()
         else:
             self.writer.abort()
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def check_out(dataset: str | os.PathLike) -> None:
+    """Raise unless ``dataset`` can be an output dataset folder: a folder or nothing yet, outside
+    every version folder (stages call it before their work as well as when they write)."""
+    dataset = Path(dataset)
+    try:
+        real = dataset.resolve()
+    except (OSError, RuntimeError) as exc:
+        raise HumanlineError(f"{dataset}: cannot use as the dataset folder ({_reason(exc)})") from None
+    for path in (dataset, *dataset.parents, real, *real.parents):
+        if version_number(path) is not None and (path / MANIFEST).is_file():
+            raise HumanlineError(
+                f"{dataset}: lies inside the version {path}; versions are immutable, "
+                f"so --out takes a dataset folder such as {path.parent}"
+            )
+    if dataset.exists() and not dataset.is_dir():
+        raise HumanlineError(f"{dataset}: exists and is not a folder, so it cannot be the dataset folder")
+
+
+def _next_number(dataset: Path) -> int:
+    """One more than the highest ``vN`` name in ``dataset``, counting every entry so named
+    (files, dangling links and empty folders too), so no such entry is ever in the way."""
+    numbers = [version_number(Path(name)) for name in os.listdir(dataset)]
+    return max((n for n in numbers if n is not None), default=0) + 1
+
+
+def _describe(path: Path) -> str:
+    if path.is_symlink():
+        return f"a symlink to {os.readlink(path)}" + ("" if path.exists() else " (dangling)")
+    if path.is_dir():
+        return "a folder"
+    return "a file" if path.exists() else "nothing (it vanished)"
+
+
+def _flock(fd: int, how: int) -> bool:
+    """Take ``flock`` ``how`` on ``fd``; False when another process holds it (with LOCK_NB) or
+    the file system has no such locks (then nothing can be told apart and nothing is removed)."""
+    try:
+        fcntl.flock(fd, how)
+    except OSError:  # BlockingIOError: held elsewhere; EBADF/ENOLCK/EOPNOTSUPP: unsupported here
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _dataset_lock(dataset: Path, how: int) -> Iterator[bool]:
+    """``flock`` the dataset folder itself (yields whether it is held): shared while a writer
+    creates and locks its temporary directory, exclusive while :func:`collect_garbage` looks
+    for dead ones."""
+    fd = os.open(dataset, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield _flock(fd, how)
+    finally:
+        os.close(fd)
+
+
+def _new_tmp(dataset: Path) -> tuple[Path, int]:
+    """A fresh ``.tmp-<uuid>`` directory in ``dataset`` and the fd holding its exclusive lock."""
+    tmp = dataset / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+    try:
+        with _dataset_lock(dataset, fcntl.LOCK_SH):
+            tmp.mkdir()
+            fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+            _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise HumanlineError(f"{dataset}: cannot write a version here ({exc.strerror})") from None
+    return tmp, fd
+
+
+def collect_garbage(dataset: str | os.PathLike) -> list[tuple[Path, int]]:
+    """Remove the temporary directories of dead writers in ``dataset``; ``[(path, bytes)]`` freed.
+
+    A writer holds an exclusive lock on its directory for its whole life, so a directory whose
+    lock can be taken belongs to nobody (the kernel drops locks of killed processes).
+    """
+    dataset = Path(dataset)
+    freed = []
+    try:
+        with _dataset_lock(dataset, fcntl.LOCK_EX) as held:
+            for entry in os.scandir(dataset) if held else ():
+                if entry.name.startswith(TMP_PREFIX) and entry.is_dir(follow_symlinks=False) and _unowned(entry.path):
+                    path = Path(entry.path)
+                    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+                    shutil.rmtree(path)
+                    freed.append((path, size))
+    except OSError as exc:
+        raise HumanlineError(f"{dataset}: cannot clean up temporary folders ({exc.strerror})") from None
+    return freed
+
+
+def _unowned(tmp: str) -> bool:
+    """Whether no live writer holds the lock of the temporary directory ``tmp``."""
+    try:
+        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False  # vanished: its writer finished
+    try:
+        return _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
 
 
 def _fsync(path: Path) -> None:

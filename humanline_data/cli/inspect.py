@@ -21,11 +21,16 @@ TABLE_ROWS = 1000  # rows shown by --format table (csv and json print all)
 @click.command("inspect")
 @click.argument("inp", type=click.Path(path_type=Path))
 @click.option("--sql", help="Query over views `data` (this version) and `v1`, `v2`, ... (the dataset's versions).")
+@click.option("--unsafe-sql", is_flag=True,
+              help="Give --sql DuckDB's full access (other files, COPY TO, ATTACH, extensions); "
+                   "by default it reads only this dataset's versions and writes nothing.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
               help="table: rich text; csv: header + rows; json: the report object, or one JSON object per result row.")
-def inspect(inp: Path, sql: str | None, fmt: str) -> None:
+def inspect(inp: Path, sql: str | None, unsafe_sql: bool, fmt: str) -> None:
     """Report on the version INP (a version dir or dataset dir = latest), or run --sql over it."""
     if sql is None:
+        if unsafe_sql:
+            raise click.UsageError("--unsafe-sql applies to --sql only")
         if fmt == "csv":
             raise click.UsageError("--format csv needs --sql (the report is table or json)")
         report = diagnostics(inp)
@@ -34,7 +39,7 @@ def inspect(inp: Path, sql: str | None, fmt: str) -> None:
         else:
             _print_report(report)
     else:
-        _print_rows(query(inp, sql), fmt)
+        _print_rows(query(inp, sql, unsafe=unsafe_sql), fmt)
 
 
 def _print_rows(result: pa.Table, fmt: str) -> None:

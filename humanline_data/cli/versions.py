@@ -8,22 +8,27 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from humanline_data.errors import HumanlineError
+from humanline_data.errors import CorruptVersionError, HumanlineError
 from humanline_data.store import list_versions, read_manifest
 
 
 @click.command("versions")
 @click.argument("dataset", type=click.Path(path_type=Path))
 def versions(dataset: Path) -> None:
-    """List versions of DATASET (<root>/<name>) with kind, rows, creation time and parents."""
+    """List versions of DATASET (<root>/<name>) with kind, rows, creation time and parents;
+    a folder whose manifest is missing, malformed or names another version is listed as broken."""
     found = list_versions(dataset)
     if not found:
         raise HumanlineError(f"{dataset}: no versions")
     table = Table("version", "kind", "rows", "created_at", "parents")
     for path in found:
-        m = read_manifest(path)
-        parents = ", ".join(f"{Path(p['path']).parent.name}/v{p['version']} ({p['kind']})" for p in m["parents"])
-        table.add_row(path.name, m["kind"], str(m["rows"]), m["created_at"], parents or "-")
+        try:
+            m = read_manifest(path)
+        except CorruptVersionError as err:
+            table.add_row(path.name, "broken", "-", "-", str(err))
+            continue
+        parents = ", ".join(f"{Path(p['path']).parent.name}/v{p.get('version')} ({p.get('kind')})" for p in m["parents"])
+        table.add_row(path.name, m["kind"], str(m["rows"]), str(m.get("created_at", "-")), parents or "-")
     Console().print(table)
 
 

@@ -12,7 +12,8 @@ trl            pairs       prompt, chosen, rejected (text or conversational)
 trl            unpaired    prompt, completion, label
 hh             pairs       chosen, rejected (HH-RLHF transcripts)
 sharegpt       pairs       conversations [{from, value}], chosen, rejected, [system]
-kto            unpaired    messages, completion, label
+kto            unpaired    messages, completion, label; or LLaMA-Factory's messages |
+                           conversations ending with the assistant turn, label | kto_tag
 math           prompts     problem, answer
 gsm8k          prompts     question, answer (final answer after ``#### ``)
 alpaca         prompts     instruction, [input]
@@ -58,6 +59,8 @@ def detect(record: dict, where: str) -> str:
         return "hh" if is_transcript else "trl"
     if {"completion", "label"} <= cols:
         return "kto" if "messages" in cols and "prompt" not in cols else "trl"
+    if cols & {"label", "kto_tag"} and cols & {"messages", "conversations"} and "completion" not in cols:
+        return "kto"
     if cols & {"completion", "output"} and cols & {"prompt", "messages", "instruction"}:
         return "completions"
     if {"problem", "answer"} <= cols:

@@ -15,18 +15,22 @@ from __future__ import annotations
 import json
 
 from humanline_data.formats.fields import (
+    INT64_MAX,
+    RecordError,
     carry_bookkeeping,
     completion_of,
     integer,
     number,
+    optional_integer,
+    optional_number,
     optional_text,
     prompt,
     take,
 )
 from humanline_data.formats.problems import any_prompt
 
-# Columns of this project's completions that pass through unchanged when present.
-_SAMPLING = ("temperature", "top_p", "max_new_tokens", "seed", "logprob_sum")
+# Columns of this project's completions, checked and kept when present.
+_SAMPLING_FLOATS = ("temperature", "top_p", "logprob_sum")
 
 
 def completions(record: dict) -> tuple[str, dict]:
@@ -42,7 +46,9 @@ def completions(record: dict) -> tuple[str, dict]:
         "completion_tokens": tokens if tokens == -1 else integer(tokens, "completion_tokens"),
         "generator": optional_text(take(record, "generator", default=None), "generator") or "import",
         "finish_reason": optional_text(take(record, "finish_reason", default=None), "finish_reason") or "unknown",
-        **{name: take(record, name, default=None) for name in _SAMPLING},
+        **{name: optional_number(take(record, name, default=None), name) for name in _SAMPLING_FLOATS},
+        "max_new_tokens": optional_integer(take(record, "max_new_tokens", default=None), "max_new_tokens"),
+        "seed": optional_integer(take(record, "seed", default=None), "seed", INT64_MAX),
     }
     carry_bookkeeping(record, row)
     if record.get("reward") is None:
@@ -52,6 +58,15 @@ def completions(record: dict) -> tuple[str, dict]:
     row.update(
         reward=number(take(record, "reward"), "reward"),
         scorer=optional_text(take(record, "scorer", default=None), "scorer") or "import",
-        reward_components=json.dumps(components) if isinstance(components, dict) else components,
+        reward_components=_components(components),
     )
     return "scored", row
+
+
+def _components(value) -> str | None:
+    """``reward_components`` as JSON object text: a dict, its JSON text, or null."""
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    if value is None or isinstance(value, str):
+        return value
+    raise RecordError("wrong_dtype", f"column 'reward_components' has dtype {type(value).__name__}, expected an object")

@@ -22,6 +22,19 @@ ROLE_ALIASES = {
     "gpt": "assistant",
 }
 _MISSING = object()
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+
+
+class WrittenFloat(float):
+    """A float parsed from JSON text that remembers how it was written (``8.0``, ``1e21``)."""
+
+    __slots__ = ("text",)
+
+    def __new__(cls, text: str) -> "WrittenFloat":
+        value = super().__new__(cls, text)
+        value.text = text
+        return value
 
 
 class RecordError(SchemaError):
@@ -37,14 +50,18 @@ def _dtype(value: Any) -> str:
 
 
 def take(record: dict, *names: str, default: Any = _MISSING) -> Any:
-    """Pop the first of ``names`` present (and not null); raise missing_column unless ``default``."""
+    """Pop the first of ``names`` present (and not null); unless ``default`` is given, raise
+    null_value when one is there but null, else missing_column."""
     for name in names:
         if record.get(name) is not None:
             return record.pop(name)
-    for name in names:  # drop null placeholders of the same field
-        record.pop(name, None)
+    nulls = [name for name in names if name in record]
+    for name in nulls:  # drop null placeholders of the same field
+        record.pop(name)
     if default is not _MISSING:
         return default
+    if nulls:
+        raise RecordError("null_value", f"column {nulls[0]!r} is null")
     wanted = " or ".join(repr(n) for n in names)
     raise RecordError("missing_column", f"missing required column {wanted}")
 
@@ -60,11 +77,11 @@ def text(value: Any, column: str, empty_reason: str) -> str:
 
 
 def optional_text(value: Any, column: str) -> str | None:
-    """A string, number rendered as text, or None for null/blank."""
+    """A string, a number as text (:func:`number_text`), or None for null/blank."""
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
+        return number_text(value, column)
     if not isinstance(value, str):
         raise RecordError("wrong_dtype", f"column {column!r} has dtype {_dtype(value)}, expected string")
     return value.strip() or None
@@ -79,10 +96,32 @@ def number(value: Any, column: str) -> float:
     return float(value)
 
 
-def integer(value: Any, column: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise RecordError("wrong_dtype", f"column {column!r} is {value!r}, expected a non-negative integer")
+def number_text(value: int | float, column: str) -> str:
+    """A number as text: as written where it was parsed from JSON text, else integral floats as
+    integers (``8.0`` -> ``8``, ``1e21`` -> ``1000000000000000000000``); non-finite is an error."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise RecordError("non_finite", f"column {column!r} is {value} (must be finite)")
+        if isinstance(value, WrittenFloat):
+            return value.text
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
+
+
+def optional_number(value: Any, column: str) -> float | None:
+    return None if value is None else number(value, column)
+
+
+def integer(value: Any, column: str, limit: int = INT32_MAX) -> int:
+    """An integer from 0 to ``limit`` (the largest its column stores)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise RecordError("wrong_dtype", f"column {column!r} is {shown}, expected an integer from 0 to {limit}")
     return value
+
+
+def optional_integer(value: Any, column: str, limit: int = INT32_MAX) -> int | None:
+    return None if value is None else integer(value, column, limit)
 
 
 def boolean(value: Any, column: str) -> bool:

@@ -44,16 +44,21 @@ def _pair(msgs: list[dict], chosen: str, rejected: str, record: dict) -> tuple[s
     }
 
 
-def _unpaired(record: dict, prompt_column: str) -> tuple[str, dict]:
-    head = prompt_of(take(record, prompt_column), prompt_column)
-    before, completion = completion_of(take(record, "completion"), "completion")
+def _unpaired(record: dict, msgs: list[dict], completion: str, column: str) -> tuple[str, dict]:
+    """An unpaired row; the label is ``label`` (or LLaMA-Factory's ``kto_tag``)."""
     reward = take(record, "reward", default=None)
     return "unpaired", {
-        "messages": prompt(head + before, prompt_column),
+        "messages": prompt(msgs, column),
         "completion": completion,
-        "desirable": boolean(take(record, "label"), "label"),
+        "desirable": boolean(take(record, "label", "kto_tag"), "label"),
         "reward": None if reward is None else number(reward, "reward"),
     }
+
+
+def _prompt_then_completion(record: dict, prompt_column: str) -> tuple[str, dict]:
+    head = prompt_of(take(record, prompt_column), prompt_column)
+    before, completion = completion_of(take(record, "completion"), "completion")
+    return _unpaired(record, head + before, completion, prompt_column)
 
 
 def trl(record: dict) -> tuple[str, dict]:
@@ -64,7 +69,7 @@ def trl(record: dict) -> tuple[str, dict]:
     appended to the prompt (which may then be omitted: TRL's implicit-prompt form).
     """
     if "chosen" not in record and "rejected" not in record and ("completion" in record or "label" in record):
-        return _unpaired(record, "prompt")
+        return _prompt_then_completion(record, "prompt")
     chosen_raw, rejected_raw = take(record, "chosen"), take(record, "rejected")
     implicit = isinstance(chosen_raw, list) and "prompt" not in record
     head = [] if implicit else prompt_of(take(record, "prompt"), "prompt")
@@ -76,8 +81,14 @@ def trl(record: dict) -> tuple[str, dict]:
 
 
 def kto(record: dict) -> tuple[str, dict]:
-    """KTO data: ``messages`` (the prompt) + ``completion`` + boolean ``label``."""
-    return _unpaired(record, "messages")
+    """KTO data: ``messages`` (the prompt) + ``completion`` + boolean ``label``; or LLaMA-Factory's
+    form: ``messages`` (or ShareGPT ``conversations``) ending with the assistant turn that is the
+    completion, and boolean ``label`` (or ``kto_tag``)."""
+    if "completion" in record:
+        return _prompt_then_completion(record, "messages")
+    column = "messages" if "messages" in record or "conversations" not in record else "conversations"
+    before, completion = completion_of(take(record, column), column)
+    return _unpaired(record, before, completion, column)
 
 
 def _hh_turns(transcript: str, column: str) -> list[dict]:

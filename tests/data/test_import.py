@@ -266,7 +266,7 @@ def test_bad_input_is_one_line_error_and_writes_nothing(tmp_path, content, args,
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
 
 
-def test_missing_source_bad_gzip_parquet_rows_and_unknown_split(tmp_path):
+def test_missing_source_bad_gzip_and_parquet_rows(tmp_path):
     result = run(tmp_path / "absent.jsonl", "--out", tmp_path / "d")
     assert result.exit_code == 2 and result.stderr.strip() == f"error: {tmp_path / 'absent.jsonl'}: source file not found"
     assert not (tmp_path / "d").exists()
@@ -276,9 +276,15 @@ def test_missing_source_bad_gzip_parquet_rows_and_unknown_split(tmp_path):
     pq.write_table(pa.table({"prompt": ["a", "b"], "completion": ["x", "y"], "reward": [0.0, float("nan")]}), tmp_path / "r.parquet")
     result = run(tmp_path / "r.parquet", "--split", "train", "--out", tmp_path / "d")
     assert result.exit_code == 2 and "r.parquet:row 2: format completions: column 'reward' is nan" in result.stderr
-    result = run(jsonl(tmp_path / "gens.jsonl", GOOD), "--out", tmp_path / "d")
-    assert result.exit_code == 2 and "gens.jsonl:1: cannot infer the split from the file name; pass --split" in result.stderr
     assert store.list_versions(tmp_path / "d") == []
+
+
+def test_a_file_without_a_split_word_is_train_and_the_manifest_says_so(tmp_path):
+    v = imported(jsonl(tmp_path / "mydata.jsonl", GOOD), "--out", tmp_path / "d")
+    assert [r["split"] for r in rows(v)] == ["train"]
+    assert v.manifest["stats"]["split_defaulted_to_train"] == ["completions/mydata"]
+    named = imported(jsonl(tmp_path / "gens_test.jsonl", GOOD), "--out", tmp_path / "d")
+    assert [r["split"] for r in rows(named)] == ["test"] and "split_defaulted_to_train" not in named.manifest["stats"]
 
 
 def test_skip_invalid_counts_reasons(tmp_path):
@@ -340,7 +346,7 @@ def test_real_hh_needs_skip_invalid_for_its_nine_broken_pairs(shared_data, tmp_p
     refused = run(src, "--out", tmp_path / "hh")
     assert refused.exit_code == 2
     assert refused.stderr.strip() == (
-        f"error: {src}:87: format hh: empty final Assistant turn in 'chosen'; --skip-invalid skips such records"
+        f"error: {src}:87: format hh: empty final Assistant turn in 'chosen' (--skip-invalid skips and counts such records)"
     )
     v = imported(src, "--out", tmp_path / "hh", "--skip-invalid")
     assert v.kind == "pairs" and v.manifest["params"]["sources"][0]["format"] == "hh"
