@@ -25,8 +25,14 @@ def resolve_precision(precision: str) -> str:
 
 
 def make_accelerator(config: TrainConfig):
+    """The run's Accelerator. Its state is a per-process singleton fixed at first use; it is
+    re-made per run so that runs of other precisions can follow each other in one process
+    (``train()`` called from Python), the process group staying as it is."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
 
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     precision = resolve_precision(config.model.precision)
     if precision == "fp32" and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -33,7 +33,7 @@ from humanline_data.models import resolve_model
 from humanline_train import checkpoint
 from humanline_train.batches import ShardLoader, Step, StepStream, open_shards
 from humanline_train.logprobs import LogprobModel
-from humanline_train.policy import load_policy, make_accelerator, make_optimizer
+from humanline_train.policy import load_policy, make_accelerator, make_optimizer, resolve_precision
 from humanline_train.reference import make_reference
 from humanline_train.refresh import Rounds
 from humanline_train.run_log import RunLog, step_row
@@ -266,6 +266,7 @@ def check_config(config: TrainConfig) -> None:
     for section, name in (("humanline", "sync_k"), ("data", "batch_size"), ("data", "grad_accum"), ("data", "max_length")):
         if getattr(getattr(config, section), name) < 1:
             raise HumanlineError(f"--{name.replace('_', '-')} must be at least 1")
+    config.model.precision = resolve_precision(config.model.precision)
     if config.resume:
         check_pinned_shards(config)
     else:

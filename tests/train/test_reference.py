@@ -7,14 +7,22 @@ import copy
 import pytest
 import torch
 
-from real_shards import losses_of, pair_rows, tiny_config, write
+from real_shards import losses_of, pair_rows, tiny_config, unpaired_rows, write
 from humanline_train.reference import CachedReference, reference_logps
 from humanline_train.trainer import train
 
 
 @pytest.fixture(scope="module")
-def pairs(shared_data, tmp_path_factory):
-    return write(tmp_path_factory.mktemp("shards") / "pairs", "pairs", pair_rows(shared_data, 40))
+def shards(shared_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    rows = pair_rows(shared_data, 40)
+    pairs = write(root / "pairs", "pairs", rows)
+    return {"dpo": pairs, "ipo": pairs, "grpo": pairs, "kto": write(root / "unpaired", "unpaired", unpaired_rows(rows[:12]))}
+
+
+@pytest.fixture(scope="module")
+def pairs(shards):
+    return shards["dpo"]
 
 
 def _recording_run(cfg):
@@ -44,28 +52,27 @@ def test_k1_reference_is_the_weights_before_the_previous_update(pairs, tiny_mode
         assert (ref - pol).abs().max() > 1e-3  # ours lags by one update
 
 
-def test_k2_reference_lags_one_to_k_updates_and_is_shared_by_micro_batches(pairs, tiny_model, tmp_path):
+def test_k2_reference_is_the_weights_at_the_last_sync_point_shared_by_micro_batches(pairs, tiny_model, tmp_path):
     k = 2
     cfg = tiny_config(pairs, tiny_model, tmp_path / "run", sync_k=k, grad_accum=2, batch_size=1, max_steps=6)
     before_update, seen = _recording_run(cfg)
-    initial = before_update[0]  # step 0's gradient was computed with the initial weights
     for s in range(6):
-        synced_at = k * (s // k) - 1  # the last sync point before step s (none in the first window)
-        weights = initial if synced_at < 0 else before_update[synced_at]
-        if synced_at >= 0:
-            assert 1 <= s - synced_at <= k
+        expected = max(0, k * (s // k) - 1)  # the weights before the update of the last sync step (0: initial)
         for i in range(2):
             batch, ref, _ = seen[(s, i)]
-            assert torch.allclose(ref, reference_logps(weights, batch)[0], atol=1e-6, rtol=0)
+            matches = [t for t, weights in before_update.items()
+                       if torch.allclose(ref, reference_logps(weights, batch)[0], atol=1e-6, rtol=0)]
+            assert matches == [expected], (s, i, matches)  # those weights and no other step's
 
 
-@pytest.mark.parametrize("k,accum", [(1, 1), (2, 2)])
-def test_lookahead_matches_copy(pairs, tiny_model, tmp_path, k, accum):
+@pytest.mark.parametrize("loss,k,accum", [("dpo", 1, 1), ("dpo", 2, 2), ("kto", 1, 2), ("grpo", 2, 1), ("ipo", 1, 1)])
+def test_lookahead_matches_copy(shards, tiny_model, tmp_path, loss, k, accum):
     runs = {}
     for mode in ("lookahead", "copy"):
-        cfg = tiny_config(pairs, tiny_model, tmp_path / mode, reference=mode, sync_k=k, grad_accum=accum, max_steps=5)
+        cfg = tiny_config(shards[loss], tiny_model, tmp_path / mode, loss=loss, reference=mode, sync_k=k, grad_accum=accum,
+                          batch_size=2, max_steps=4, max_length=128)
         runs[mode] = losses_of(train(cfg))
-    assert len(runs["copy"]) == 5
+    assert len(runs["copy"]) == 4
     assert runs["lookahead"] == pytest.approx(runs["copy"], abs=1e-6)
     assert len(set(runs["copy"])) > 1
 
