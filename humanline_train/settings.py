@@ -167,10 +167,10 @@ def flatten(settings: dict) -> dict:
     flat keys pass through."""
     flat = {}
     for key, value in settings.items():
-        if key in SECTIONS or key == "objective":
-            for name, inner in (value or {}).items():
+        if (key in SECTIONS or key == "objective") and isinstance(value, dict):  # "model" is also a flat name
+            for name, inner in value.items():
                 if key == "online" and name == "sampling":
-                    flat.update({SAMPLING_FLAGS[k][0]: v for k, v in (inner or {}).items() if k in SAMPLING_FLAGS})
+                    flat.update({SAMPLING_FLAGS[k][0]: v for k, v in inner.items() if k in SAMPLING_FLAGS})
                 else:
                     flat[name] = inner
         else:

@@ -93,13 +93,19 @@ class Steps:
     def data(self, name: str, *args) -> str:
         return self.run(name, "humanline-data", *args)
 
-    def train(self, name: str, *args, keep_checkpoints: bool = True) -> str:
-        """``humanline-train args``; unless ``keep_checkpoints``, checkpoints older than the newest
-        two are deleted while it runs (an online run saves one per refresh, ~12x the model's
-        float32 size with AdamW state; the newest two are all that sampling and resume read)."""
-        out = Path(args[list(map(str, args)).index("--out") + 1]) if "--out" in map(str, args) else None
-        watch = None if keep_checkpoints or out is None else (lambda: prune_checkpoints(out, keep=2))
-        return self.run(name, "humanline-train", *args, while_running=watch)
+    def train(self, name: str, settings: dict, out, keep_checkpoints: bool = True) -> str:
+        """``humanline-train --config <run>/configs/<name>.yaml --out out``: the run's settings
+        (flat flag names) are written as a config file. Unless ``keep_checkpoints``, the run keeps
+        only its newest two checkpoints (``keep_last``; an online run saves one per refresh, ~12x
+        the model's float32 size with AdamW state)."""
+        import yaml
+
+        settings = dict(settings) if keep_checkpoints else {**settings, "keep_last": 2}
+        config = self.run_dir / "configs" / f"{name}.yaml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        plain = {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()}
+        config.write_text(yaml.safe_dump(plain, sort_keys=False))
+        return self.run(name, "humanline-train", "--config", config, "--out", out)
 
     def inspect(self, name: str, version) -> Path:
         """Save ``humanline-data inspect VERSION`` as ``RUN_DIR/inspect_<name>.txt``."""
@@ -116,7 +122,7 @@ class Steps:
     def evaluate(self, name: str, model, prompts, scorer: str, *args) -> dict:
         """``humanline-train eval`` of ``model``; its JSON result (also saved as eval_<name>.json)."""
         out = self.run_dir / "evals" / f"{name}.json"
-        self.train(f"eval-{name}", "eval", "--model", model, "--prompts", prompts, "--scorer", scorer,
+        self.run(f"eval-{name}", "humanline-train", "eval", "--model", model, "--prompts", prompts, "--scorer", scorer,
                    "--work", self.run_dir / "evals" / name, "--out", out, *args)
         return json.loads(out.read_text())
 
@@ -125,7 +131,7 @@ class Steps:
         logged = {key for d in run_dirs for key in logged_metrics(Path(d))}
         chosen = [m for m in metrics if m in logged]
         out = self.run_dir / f"{name}.png"
-        self.train(f"plot-{name}", "plot", *run_dirs, "--out", out, "--metrics", ",".join(chosen))
+        self.run(f"plot-{name}", "humanline-train", "plot", *run_dirs, "--out", out, "--metrics", ",".join(chosen))
         return out
 
 

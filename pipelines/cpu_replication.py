@@ -63,7 +63,7 @@ from pipelines.common import (  # noqa: E402
     Steps, add_common_flags, cli, start, final_checkpoint, fmt, mean_se, plot_round_rewards, prune_checkpoints,
     round_rewards, write_results,
 )
-from pipelines.math_reasoning import CURVES, REWARDS, add_grpo_flags, apply_dry_sizes, grpo_flags  # noqa: E402
+from pipelines.math_reasoning import CURVES, REWARDS, add_grpo_flags, apply_dry_sizes, grpo_settings  # noqa: E402
 from pipelines.rewards import CORRECT_WEIGHT  # noqa: E402
 
 TASK_SEED = 1234  # the arithmetic problems (fixed: seeds vary training only)
@@ -136,12 +136,12 @@ def variants(args) -> dict[str, tuple[int, bool]]:
             "stale+humanline": (args.stale_every, True)}
 
 
-def dpo_flags(args, pairs: str, seed: int) -> list:
+def dpo_settings(args, pairs: str, seed: int) -> dict:
     """Humanline DPO on ``pairs``: ``prompts_per_step`` pairs per step, as many epochs as the steps need."""
-    return ["--loss", "dpo", "--model", args.model, "--shards", pairs, "--max-steps", args.steps, "--epochs", args.steps,
-            "--batch-size", args.prompts_per_step, "--lr", args.lr, "--beta", DPO_BETA, "--max-length", args.max_length,
-            "--max-grad-norm", args.max_grad_norm, "--sync-k", args.sync_k, "--log-eps-p", args.log_eps_p,
-            "--log-eps-r", args.log_eps_r, "--seed", seed]
+    return {"loss": "dpo", "model": args.model, "shards": pairs, "max_steps": args.steps, "epochs": args.steps,
+            "batch_size": args.prompts_per_step, "lr": args.lr, "beta": DPO_BETA, "max_length": args.max_length,
+            "max_grad_norm": args.max_grad_norm, "sync_k": args.sync_k, "log_eps_p": args.log_eps_p,
+            "log_eps_r": args.log_eps_r, "seed": seed}
 
 
 def mean_rounds(per_seed: list[list[dict]], key: str) -> list[dict]:
@@ -171,15 +171,15 @@ def main(argv=None) -> Path:
     for seed in range(args.seeds):
         for name, (every, humanline) in variants(args).items():
             tag = f"{name.replace('+', '-')}-seed{seed}"
-            run_dir = Path(steps.train(f"train-{tag}", *grpo_flags(args, data["train"], args.scorer, every, humanline, seed),
-                                       "--out", run / "runs" / tag, keep_checkpoints=args.keep_checkpoints))
+            run_dir = Path(steps.train(f"train-{tag}", grpo_settings(args, data["train"], args.scorer, every, humanline, seed),
+                                       run / "runs" / tag, keep_checkpoints=args.keep_checkpoints))
             seeds[name].append(finish(steps, args, run_dir, tag, data, eval_flags, round_rewards(run_dir, CORRECT_WEIGHT / 2)))
         if args.with_dpo:
             first_round = seeds["stale"][-1]["rounds"][0]["scored"]
             pairs = steps.data(f"pair-seed{seed}", "pair", first_round, "--mode", "pairs", "--out", run / "data" / "dpo_pairs")
             steps.inspect(f"dpo_pairs_seed{seed}", pairs)
             tag = f"dpo-humanline-seed{seed}"
-            run_dir = Path(steps.train(f"train-{tag}", *dpo_flags(args, pairs, seed), "--out", run / "runs" / tag))
+            run_dir = Path(steps.train(f"train-{tag}", dpo_settings(args, pairs, seed), run / "runs" / tag))
             seeds["dpo+humanline"].append(finish(steps, args, run_dir, tag, data, eval_flags, [], shard=pairs))
     for name in variants(args):  # diagnostics of every shard trained on
         for seed, record in enumerate(seeds[name]):

@@ -38,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from humanline_train import objectives  # noqa: E402
 from pipelines.common import (  # noqa: E402
     SHARED_DATA, Steps, add_common_flags, cli, start, final_checkpoint, fmt, prune_checkpoints, write_results,
 )
@@ -162,35 +163,32 @@ def write_jsonl(path: Path, records) -> Path:
     return path
 
 
-def train_args(args, loss: str, variant: str, data: dict, scorer: str) -> list:
-    """``humanline-train`` flags of one (loss, variant) run."""
+def train_settings(args, loss: str, variant: str, data: dict, scorer: str) -> dict:
+    """``humanline-train`` settings of one (loss, variant) run (flat flag names)."""
     online = variant.startswith("online")
     batch = args.batch[loss]
     micro = min(args.micro_batch or batch, batch)
     steps = args.steps or TRAIN_EXAMPLES[loss] // batch
-    flags = [
-        "--loss", loss, "--model", args.model, "--max-steps", steps, "--epochs", 1, "--batch-size", micro,
-        "--grad-accum", batch // micro, "--lr", args.lr_online if online else args.lr_offline,
-        "--max-grad-norm", args.max_grad_norm, "--warmup", WARMUP, "--max-length", args.max_length,
-        "--seed", args.seed, "--beta", args.beta, "--desirable-weight", KTO_DESIRABLE_WEIGHT,
-        "--undesirable-weight", KTO_UNDESIRABLE_WEIGHT, "--eps-low", GRPO_EPS, "--eps-high", GRPO_EPS,
-        "--beta-kl", GRPO_BETA_KL, "--lora-r", args.lora_r,
-    ]
-    if args.gradient_checkpointing:
-        flags.append("--gradient-checkpointing")
+    objective = {"beta": args.beta, "desirable_weight": KTO_DESIRABLE_WEIGHT, "undesirable_weight": KTO_UNDESIRABLE_WEIGHT,
+                 "eps_low": GRPO_EPS, "eps_high": GRPO_EPS, "beta_kl": GRPO_BETA_KL}
+    settings = {
+        "loss": loss, "model": args.model, "max_steps": steps, "epochs": 1, "batch_size": micro,
+        "grad_accum": batch // micro, "lr": args.lr_online if online else args.lr_offline,
+        "max_grad_norm": args.max_grad_norm, "warmup": WARMUP, "max_length": args.max_length, "seed": args.seed,
+        "lora_r": args.lora_r, "gradient_checkpointing": bool(args.gradient_checkpointing),
+        **{k: v for k, v in objective.items() if k in objectives.get(loss).setting_names()},
+    }
     if variant.endswith("humanline"):
-        flags += ["--sync-k", args.sync_k, "--log-eps-p", args.log_eps_p, "--log-eps-r", args.log_eps_r]
+        settings.update(sync_k=args.sync_k, log_eps_p=args.log_eps_p, log_eps_r=args.log_eps_r)
     else:
-        flags.append("--no-humanline")
+        settings.update(sync=False, clip=False)
     if online:
-        flags += [
-            "--refresh-every", args.refresh_every, "--prompts", data["prompts"], "--scorer", scorer,
-            "--pair-mode", SHARD_FOR_LOSS[loss], "--refresh-prompts", args.refresh_prompts, "--samples", args.n,
-            "--temperature", args.temperature, "--top-p", args.top_p, "--max-new-tokens", args.max_new_tokens,
-        ]
+        settings.update(refresh_every=args.refresh_every, prompts=data["prompts"], scorer=scorer,
+                        pair_mode=SHARD_FOR_LOSS[loss], refresh_prompts=args.refresh_prompts, samples=args.n,
+                        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
     else:
-        flags += ["--shards", data[SHARD_FOR_LOSS[loss]]]
-    return flags
+        settings["shards"] = data[SHARD_FOR_LOSS[loss]]
+    return settings
 
 
 def shards_used(run_dir: Path, offline_shard: str | None) -> list[str]:
@@ -241,8 +239,8 @@ def main(argv=None) -> Path:
     for loss in args.losses:
         for variant in args.variants:
             name = f"{loss}-{variant.replace('+', '-')}"
-            run_dir = Path(steps.train(f"train-{name}", *train_args(args, loss, variant, data, scorer),
-                                       "--out", run / "runs" / name, keep_checkpoints=args.keep_checkpoints))
+            run_dir = Path(steps.train(f"train-{name}", train_settings(args, loss, variant, data, scorer),
+                                       run / "runs" / name, keep_checkpoints=args.keep_checkpoints))
             result = steps.evaluate(name, final_checkpoint(run_dir), data["eval_prompts"], scorer, *eval_flags)
             if not args.keep_checkpoints:
                 prune_checkpoints(run_dir)

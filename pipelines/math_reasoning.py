@@ -85,7 +85,7 @@ def add_grpo_flags(p: argparse.ArgumentParser, lr: float, n: int, max_new_tokens
     p.add_argument("--keep-checkpoints", action="store_true", help="Keep every refresh checkpoint (default: final only).")
 
 
-def grpo_flags(args, prompts, scorer: str, refresh_every: int, humanline: bool, seed: int) -> list:
+def grpo_settings(args, prompts, scorer: str, refresh_every: int, humanline: bool, seed: int) -> dict:
     """``humanline-train`` flags of one online GRPO run: every ``refresh_every`` steps a round of
     ``refresh_every * prompts_per_step`` prompts x ``n`` samples; ``prompts_per_step * n``
     completions per optimizer step."""
@@ -93,17 +93,16 @@ def grpo_flags(args, prompts, scorer: str, refresh_every: int, humanline: bool, 
     micro = min(args.micro_batch or args.n, batch)
     if batch % micro:
         sys.exit(f"error: --micro-batch {micro} does not divide the {batch} completions of a step")
-    flags = [
-        "--loss", "grpo", "--model", args.model, "--max-steps", args.steps, "--batch-size", micro,
-        "--grad-accum", batch // micro, "--lr", args.lr, "--max-grad-norm", args.max_grad_norm,
-        "--eps-low", args.eps, "--eps-high", args.eps, "--beta-kl", args.beta_kl, "--max-length", args.max_length,
-        "--seed", seed, "--refresh-every", refresh_every, "--prompts", prompts, "--scorer", scorer,
-        "--pair-mode", "groups", "--refresh-prompts", refresh_every * args.prompts_per_step, "--samples", args.n,
-        "--temperature", args.temperature, "--top-p", args.top_p, "--max-new-tokens", args.max_new_tokens,
-    ]
+    settings = {
+        "loss": "grpo", "model": args.model, "max_steps": args.steps, "batch_size": micro, "grad_accum": batch // micro,
+        "lr": args.lr, "max_grad_norm": args.max_grad_norm, "eps_low": args.eps, "eps_high": args.eps,
+        "beta_kl": args.beta_kl, "max_length": args.max_length, "seed": seed, "refresh_every": refresh_every,
+        "prompts": prompts, "scorer": scorer, "pair_mode": "groups", "refresh_prompts": refresh_every * args.prompts_per_step,
+        "samples": args.n, "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
+    }
     if humanline:
-        return flags + ["--sync-k", args.sync_k, "--log-eps-p", args.log_eps_p, "--log-eps-r", args.log_eps_r]
-    return flags + ["--no-humanline"]
+        return {**settings, "sync_k": args.sync_k, "log_eps_p": args.log_eps_p, "log_eps_r": args.log_eps_r}
+    return {**settings, "sync": False, "clip": False}
 
 
 def apply_dry_sizes(parser: argparse.ArgumentParser, args, sizes: dict) -> None:
@@ -164,8 +163,8 @@ def main(argv=None) -> Path:
 
     runs: dict[str, dict] = {}
     for name, (refresh_every, humanline) in variants(args).items():
-        run_dir = Path(steps.train(f"train-{name}", *grpo_flags(args, data["train"], args.scorer, refresh_every,
-                                                               humanline, args.seed), "--out", run / "runs" / name,
+        run_dir = Path(steps.train(f"train-{name}", grpo_settings(args, data["train"], args.scorer, refresh_every,
+                                                                  humanline, args.seed), run / "runs" / name,
                                    keep_checkpoints=args.keep_checkpoints))
         result = steps.evaluate(name, final_checkpoint(run_dir), data["test"], "math", *eval_flags)
         if not args.keep_checkpoints:

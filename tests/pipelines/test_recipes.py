@@ -144,43 +144,37 @@ def test_arithmetic_problems_are_disjoint_correct_and_seeded():
     assert cpu_replication.arithmetic_problems(8, 50, 500)[0] != test
 
 
-def flag_map(flags: list) -> dict:
-    out, key = {}, None
-    for item in map(str, flags):
-        if item.startswith("--"):
-            key = item
-            out[key] = True
-        else:
-            out[key] = item
-    return out
-
-
-def test_instruction_following_variants_map_to_trainer_flags():
+def test_instruction_following_variants_map_to_trainer_settings():
     args = instruction_following.parse_args(["--out", "x", "--reward-model", "rm", "--model", "m"])
     data = {"prompts": "P", "pairs": "PAIRS", "unpaired": "UNPAIRED"}
-    offline = flag_map(instruction_following.train_args(args, "dpo", "offline", data, "rm:rm"))
-    assert offline["--no-humanline"] is True and offline["--shards"] == "PAIRS" and "--refresh-every" not in offline
-    assert (offline["--lr"], offline["--batch-size"], offline["--max-steps"]) == ("5e-06", "32", "312")
-    kto = flag_map(instruction_following.train_args(args, "kto", "offline+humanline", data, "rm:rm"))
-    assert kto["--shards"] == "UNPAIRED" and kto["--sync-k"] == "1" and "--no-humanline" not in kto
-    assert (kto["--batch-size"], kto["--desirable-weight"], kto["--log-eps-p"]) == ("64", "1.1", "-1.5")
-    online = flag_map(instruction_following.train_args(args, "grpo", "online", data, "rm:rm"))
-    assert online["--refresh-every"] == "32" and online["--pair-mode"] == "pairs" and online["--lr"] == "2.5e-06"
-    assert online["--no-humanline"] is True and "--shards" not in online and online["--eps-low"] == "0.15"
-    both = flag_map(instruction_following.train_args(args, "dpo", "online+humanline", data, "rm:rm"))
-    assert both["--refresh-prompts"] == "1024" and both["--samples"] == "8" and both["--sync-k"] == "1"
+    offline = instruction_following.train_settings(args, "dpo", "offline", data, "rm:rm")
+    assert offline["sync"] is False and offline["clip"] is False and offline["shards"] == "PAIRS"
+    assert "refresh_every" not in offline and "desirable_weight" not in offline  # only DPO's own settings
+    assert (offline["lr"], offline["batch_size"], offline["max_steps"]) == (5e-06, 32, 312)
+    kto = instruction_following.train_settings(args, "kto", "offline+humanline", data, "rm:rm")
+    assert kto["shards"] == "UNPAIRED" and kto["sync_k"] == 1 and "sync" not in kto
+    assert (kto["batch_size"], kto["desirable_weight"], kto["log_eps_p"]) == (64, 1.1, -1.5)
+    online = instruction_following.train_settings(args, "grpo", "online", data, "rm:rm")
+    assert online["refresh_every"] == 32 and online["pair_mode"] == "pairs" and online["lr"] == 2.5e-06
+    assert online["sync"] is False and "shards" not in online and online["eps_low"] == 0.15
+    both = instruction_following.train_settings(args, "dpo", "online+humanline", data, "rm:rm")
+    assert both["refresh_prompts"] == 1024 and both["samples"] == 8 and both["sync_k"] == 1
+    from humanline_train.settings import TrainConfig
+
+    for settings in (offline, kto, online, both):  # every one is a valid config of the trainer
+        TrainConfig.from_flat(out="x", **settings)
 
 
 def test_grpo_variants_see_the_same_completions():
     args = cpu_replication.parse_args(["--out", "x"])
     per_variant = []
     for every, humanline in cpu_replication.variants(args).values():
-        f = flag_map(math_reasoning.grpo_flags(args, "P", "math", every, humanline, 0))
+        f = math_reasoning.grpo_settings(args, "P", "math", every, humanline, 0)
         rounds = args.steps // every
-        per_variant.append(rounds * int(f["--refresh-prompts"]) * int(f["--samples"]))
-        assert int(f["--batch-size"]) * int(f["--grad-accum"]) == args.prompts_per_step * args.n
-        assert int(f["--batch-size"]) == args.n  # one group per micro-batch
-        assert ("--sync-k" in f) == humanline and ("--no-humanline" in f) != humanline
+        per_variant.append(rounds * f["refresh_prompts"] * f["samples"])
+        assert f["batch_size"] * f["grad_accum"] == args.prompts_per_step * args.n
+        assert f["batch_size"] == args.n  # one group per micro-batch
+        assert ("sync_k" in f) == humanline and ("sync" in f) != humanline
     assert len(set(per_variant)) == 1
     math_args = math_reasoning.parse_args(["--out", "x"])
     assert (math_args.steps, math_args.prompts_per_step * math_args.n, math_args.stale_every) == (1600, 256, 64)

@@ -17,12 +17,13 @@ def _launch_args(name: str):
     return args
 
 
-def test_fsdp_config_becomes_full_shard_transformer_wrap_env():
+def test_fsdp_config_is_fsdp2_full_shard_transformer_wrap_env():
     config = load_config_from_file(str(CONFIGS / "fsdp.yaml"))
     assert config.distributed_type == "FSDP"
     env = prepare_multi_gpu_env(_launch_args("fsdp.yaml"))
     assert env["ACCELERATE_USE_FSDP"] == "true"
-    assert env["FSDP_SHARDING_STRATEGY"] == "FULL_SHARD"
+    assert env["FSDP_VERSION"] == "2"
+    assert env["FSDP_RESHARD_AFTER_FORWARD"] == "true"
     assert env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
     assert env["FSDP_TRANSFORMER_CLS_TO_WRAP"] == "LlamaDecoderLayer"
     assert env["FSDP_STATE_DICT_TYPE"] == "FULL_STATE_DICT"

@@ -1,9 +1,14 @@
 """Data parallel: ``torchrun`` with 2 CPU processes (gloo). The trainer hands the policy to
 ``accelerator.prepare`` (DDP here), so 2 processes x 1 micro-batch per step must train exactly
-like 1 process accumulating the same 2 micro-batches: same per-step losses, same weights."""
+like 1 process accumulating the same 2 micro-batches: same per-step losses and gradient norms,
+same weights, for every objective's step-wide arithmetic (GRPO's token mean, KTO's reference
+point gathered across processes). FSDP and DeepSpeed cannot run here: accelerate 1.15 turns
+``ACCELERATE_USE_FSDP`` into an FSDP plugin only for GPU-class process groups (a CPU run under
+torchrun stays MULTI_CPU), and DeepSpeed is not installed for CPU."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,38 +17,68 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from real_shards import losses_of, pair_rows, write
+from real_shards import group_rows, losses_of, pair_rows, unpaired_rows, write
 
 pytestmark = pytest.mark.slow
 
 
-def _train(processes: int, shards, model, out, *extra) -> subprocess.CompletedProcess:
+def _train(processes: int, shards, model, out, *extra, loss: str = "dpo", cache=None) -> subprocess.CompletedProcess:
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    argv = ["-m", "humanline_train", "--shards", str(shards), "--loss", "dpo", "--model", str(model), "--out", str(out),
+    argv = ["-m", "humanline_train", "--shards", str(shards), "--loss", loss, "--model", str(model), "--out", str(out),
             "--batch-size", "2", "--max-length", "96", "--lr", "1e-3", "--warmup", "0", "--max-steps", "3", *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    if cache is not None:
+        env["HUMANLINE_CACHE"] = str(cache)
     return subprocess.run(launcher + argv, capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_two_processes_equal_one_process_accumulating(shared_data, tiny_model, tmp_path):
-    shards = write(tmp_path / "pairs", "pairs", pair_rows(shared_data, 40))
-    one = _train(1, shards, tiny_model, tmp_path / "one", "--grad-accum", "2")
-    two = _train(2, shards, tiny_model, tmp_path / "two", "--grad-accum", "1")
+@pytest.fixture(scope="module")
+def shards(shared_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    pairs = pair_rows(shared_data, 40)
+    return {"dpo": write(root / "pairs", "pairs", pairs), "kto": write(root / "unpaired", "unpaired", unpaired_rows(pairs)),
+            "grpo": write(root / "groups", "groups", group_rows(shared_data, 12))}
+
+
+def _metrics(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("loss", ["dpo", "kto", "grpo"])
+def test_two_processes_equal_one_process_accumulating(shards, tiny_model, tmp_path, loss):
+    one = _train(1, shards[loss], tiny_model, tmp_path / "one", "--grad-accum", "2", loss=loss)
+    two = _train(2, shards[loss], tiny_model, tmp_path / "two", "--grad-accum", "1", loss=loss)
     assert one.returncode == 0, one.stderr[-2000:]
     assert two.returncode == 0, two.stderr[-2000:]
 
-    assert losses_of(tmp_path / "two") == pytest.approx(losses_of(tmp_path / "one"), abs=1e-5)
+    for a, b in zip(_metrics(tmp_path / "one"), _metrics(tmp_path / "two"), strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-7)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
     weights = [load_file(tmp_path / run / "checkpoints" / "step-3" / "model.safetensors") for run in ("one", "two")]
     assert weights[0].keys() == weights[1].keys()
     for name, tensor in weights[0].items():
         assert torch.allclose(tensor, weights[1][name], atol=1e-5, rtol=0), name
     initial = load_file(tiny_model / "model.safetensors")
     assert any(not torch.equal(initial[n], weights[1][n]) for n in initial)  # it did train
-
+    if loss != "dpo":
+        return
     state = torch.load(tmp_path / "two" / "checkpoints" / "step-3" / "trainer_state.pt", weights_only=False)
     assert state["world_size"] == 2
-    resumed = _train(1, shards, tiny_model, tmp_path / "two", "--grad-accum", "1", "--resume", str(tmp_path / "two"))
+    resumed = _train(1, shards[loss], tiny_model, tmp_path / "two", "--grad-accum", "1", "--resume", str(tmp_path / "two"))
     assert resumed.returncode == 2
     assert resumed.stderr.strip().splitlines()[-1].endswith("was written by 2 processes, now 1; launch 2")
+
+
+def test_offline_reference_cache_of_two_processes_holds_both_processes_rows(shards, tiny_model, tmp_path):
+    env_cache = tmp_path / "cache"
+    two = _train(2, shards["dpo"], tiny_model, tmp_path / "two", "--no-humanline", "--max-steps", "4",
+                 cache=env_cache)
+    assert two.returncode == 0, two.stderr[-2000:]
+    (cache,) = (env_cache / "reference-logps").glob("*.pt")
+    assert len(torch.load(cache)) == 4 * 2 * 2 * 2  # 4 steps x 2 processes x 2 pairs x (chosen, rejected)
+    one = _train(1, shards["dpo"], tiny_model, tmp_path / "one", "--no-humanline", "--max-steps", "4", "--grad-accum", "2",
+                 cache=env_cache)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert losses_of(tmp_path / "one") == pytest.approx(losses_of(tmp_path / "two"), abs=1e-5)
