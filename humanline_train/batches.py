@@ -191,6 +191,11 @@ class ShardLoader:
         """Optimizer steps in one pass, assuming every example fits (used for warmup and progress)."""
         return max(1, self.examples_per_epoch_estimate() // self.step_examples)
 
+    def __iter__(self) -> Iterator[Batch]:
+        """This process's micro-batches, step after step."""
+        for step in self.iter_steps():
+            yield from step.batches
+
     def iter_steps(self, start: int = 0) -> Iterator[Step]:
         """This process's :class:`Step` s, skipping the first ``start`` steps."""
         self.truncation = Truncation()

@@ -56,13 +56,16 @@ def test_dpo_rows_are_chosen_then_rejected_with_chat_prompt_and_eos(tokenizer, s
         assert rejected == row["rejected"] + "<|im_end|>"
 
 
-def test_kto_kl_rows_pair_prompt_i_with_completion_i_plus_1(tokenizer, shards):
-    batch = next(iter(ShardLoader(shards["unpaired"], "kto", tokenizer, batch_size=4, max_length=4096)))
-    rows = _decode_rows(tokenizer, batch)
-    for i in range(4):
-        assert rows[4 + i][0] == rows[i][0]
-        assert rows[(i + 1) % 4][1].startswith(rows[4 + i][1])  # cut to the batch's longest row at most
-    assert batch.desirable.dtype == torch.bool
+def test_kto_kl_rows_pair_each_prompt_with_the_next_other_prompts_completion(tokenizer, shards):
+    step = next(ShardLoader(shards["unpaired"], "kto", tokenizer, batch_size=2, grad_accum=2,
+                            max_length=4096).iter_steps())
+    examples = [row for b in step.batches for row in _decode_rows(tokenizer, b)]
+    kl = [row for b in step.batches for row in _decode_rows(tokenizer, b.kl)]
+    assert len(examples) == len(kl) == 4
+    for i in range(4):  # prompt i with the completion of the next example of the STEP whose prompt differs
+        j = next(j % 4 for j in range(i + 1, i + 4) if examples[j % 4][0] != examples[i][0])
+        assert kl[i][0] == examples[i][0] and kl[i][1] == examples[j][1]
+    assert step.batches[0].desirable.dtype == torch.bool and step.batches[0].kl.desirable is None
     # pairs split for KTO: each pair gives a desirable (chosen) and an undesirable (rejected) example
     loader = ShardLoader(shards["pairs"], "kto", tokenizer, batch_size=4, max_length=4096)
     flags = torch.cat([b.desirable for b in loader])
@@ -87,9 +90,11 @@ def test_order_is_seeded_resumable_and_split_across_processes(tokenizer, shards)
     assert first == again and first != other
     assert keys(seed=1)[:20] != keys(seed=1)[20:]  # each epoch reshuffles
     loader = ShardLoader(shards["pairs"], "dpo", tokenizer, batch_size=2, max_length=256, seed=1, epochs=2)
-    assert [b.keys for b in loader.iter_from(7)] == first[7:]
+    assert [b.keys for step in loader.iter_steps(7) for b in step.batches] == first[7:]
+    # a step of 2 processes x 1 micro-batch holds the micro-batches of 1 process accumulating 2
+    accumulating = keys(seed=1, grad_accum=2)
     procs = [keys(seed=1, process_index=p, num_processes=2) for p in (0, 1)]
-    assert procs[0] == first[0::2] and procs[1] == first[1::2]
+    assert procs[0] == accumulating[0::2] and procs[1] == accumulating[1::2]
 
 
 def test_length_grouping_cuts_padding(tokenizer, shards):
@@ -138,5 +143,34 @@ def test_cycling_a_shard_too_small_for_one_micro_batch_fails_instead_of_spinning
     """An online round can be tiny; cycling it (epochs=None) must raise, not loop forever."""
     one_pair = write(tmp_path / "one_pair", "pairs", shards["rows"][:1])
     loader = ShardLoader(one_pair, "dpo", tokenizer, batch_size=2, max_length=4096, epochs=None)
-    with pytest.raises(ShardError, match="1 examples make no whole micro-batch of 2 x 1 processes"):
+    with pytest.raises(ShardError, match="1 examples make no whole optimizer step of 2 x 1 x 1 processes"):
         next(iter(loader))
+
+
+def test_prompt_token_ids_are_the_samplers_own(tokenizer, tiny_model, shards):
+    """The ids the transformers sampler feeds the model for a prompt are the ids the training
+    batch holds for it (one tokenizer, one chat-template rendering for both)."""
+    from humanline_data.backends import SamplingParams, load_backend
+
+    loader = ShardLoader(shards["pairs"], "dpo", tokenizer, batch_size=2, max_length=4096)
+    batch = next(loader.iter_steps()).batches[0]
+    by_key = {r["prompt_id"]: r for r in shards["rows"]}
+    backend = load_backend("transformers", tiny_model)
+    fed = []
+    hook = backend.model.get_input_embeddings().register_forward_hook(lambda m, args, out: fed.append(args[0].clone()))
+    rows = list(by_key.values())[:40]
+    trained = {}
+    for r in range(batch.num_examples):
+        n = int(batch.attention_mask[r].sum()) - int(batch.completion_mask[r].sum())
+        trained[tuple(batch.input_ids[r, :n].tolist())] = r
+    try:
+        for row in rows:
+            fed.clear()
+            backend.generate([row["messages"]], [[0]], SamplingParams(n=1, temperature=0.0, max_new_tokens=1))
+            ids = tuple(fed[0][0].tolist())
+            if ids in trained:
+                trained[ids] = None
+    finally:
+        hook.remove()
+        backend.close()
+    assert all(v is None for v in trained.values())  # every prompt of the batch was fed to the sampler identically
