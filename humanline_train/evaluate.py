@@ -28,6 +28,7 @@ that answers nothing is not rewarded by a smaller denominator.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -39,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from humanline_data.backends import SamplingParams
 from humanline_data.errors import HumanlineError, SchemaError
 from humanline_data.generate import distinct_prompts, generate
 from humanline_data.models import model_identity, resolve_model
@@ -46,6 +48,7 @@ from humanline_data.scorers import parse_spec, score
 from humanline_data.store import open_version, write_version
 
 SAMPLED_KINDS = ("completions", "scored")
+GREEDY = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=256, seed=0)  # eval's defaults
 
 
 def evaluate(
@@ -53,17 +56,14 @@ def evaluate(
     prompts,
     scorer: str,
     baseline=None,
-    n: int = 1,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 256,
+    sampling: SamplingParams = GREEDY,
     limit: int | None = None,
-    seed: int = 0,
     backend: str = "auto",
     batch_size: int = 16,
     work=None,
 ) -> dict:
-    """Evaluate ``model`` on the first ``limit`` prompts of ``prompts``; return the result dict.
+    """Evaluate ``model`` on the first ``limit`` prompts of ``prompts`` with ``sampling`` (the
+    sampling-settings type generate and online rounds use); return the result dict.
 
     Keys: ``metric`` ("pass@1" or "win_rate"), ``value``, ``se``, ``count`` (prompts),
     ``n`` (samples per prompt), ``missing_samples`` (left out by generate as empty), the run's settings,
@@ -84,9 +84,11 @@ def evaluate(
 
     root = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="humanline-eval-"))
     try:
+        n = sampling.n
         completions = generate(
-            source.path, root / "completions", model_path, n=n, temperature=temperature, top_p=top_p,
-            max_new_tokens=max_new_tokens, seed=seed, backend=backend, batch_size=batch_size, limit=limit,
+            source.path, root / "completions", model_path, n=n, temperature=sampling.temperature,
+            top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens, seed=sampling.seed, backend=backend,
+            batch_size=batch_size, limit=limit,
         )
         scored = score(completions, root / "scored", scorer, batch_size=batch_size)
         versions = {"completions": completions, "scored": scored}
@@ -97,11 +99,7 @@ def evaluate(
             "model_sha256": model_identity(model_path)["model_sha256"],
             "prompts": str(source.path.resolve()),
             "scorer": scorer,
-            "n": n,
-            "temperature": temperature,
-            "top_p": top_p,
-            "max_new_tokens": max_new_tokens,
-            "seed": seed,
+            **dataclasses.asdict(sampling),
             "limit": limit,
             "count": len(ids),
             "missing_samples": len(ids) * n - samples.num_rows,
@@ -246,20 +244,22 @@ def _write_baseline(rows: pa.Table, reference, out: Path) -> Path:
 @click.option("--scorer", required=True, help="math (pass@1) or rm:<model> (win rate with --baseline).")
 @click.option("--baseline", type=click.Path(path_type=Path), default=None,
               help="Completions version answering the same prompts; gives a win rate.")
-@click.option("--n", "n", default=1, show_default=True, help="Samples per prompt.")
-@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
-@click.option("--top-p", default=1.0, show_default=True)
-@click.option("--max-new-tokens", default=256, show_default=True)
+@click.option("--n", "n", default=GREEDY.n, show_default=True, help="Samples per prompt.")
+@click.option("--temperature", default=GREEDY.temperature, show_default=True, help="0 = greedy.")
+@click.option("--top-p", default=GREEDY.top_p, show_default=True)
+@click.option("--max-new-tokens", default=GREEDY.max_new_tokens, show_default=True)
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N prompts.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=GREEDY.seed, show_default=True)
 @click.option("--backend", default="auto", show_default=True, help="Generation backend: auto, vllm, transformers.")
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--work", type=click.Path(path_type=Path), default=None,
               help="Keep the completions/scored versions under this folder (default: a temporary one).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the JSON result here.")
-def eval_command(out: Path | None, **kwargs) -> None:
+def eval_command(out: Path | None, n: int, temperature: float, top_p: float, max_new_tokens: int, seed: int,
+                 **kwargs) -> None:
     """Evaluate a model: pass@1 (math) or win rate against --baseline; prints the result as JSON."""
-    text = json.dumps(evaluate(**kwargs), indent=2)
+    sampling = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    text = json.dumps(evaluate(sampling=sampling, **kwargs), indent=2)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")

@@ -3,6 +3,8 @@ independent DuckDB computations over the versions the evaluation wrote."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import shutil
@@ -15,7 +17,8 @@ from click.testing import CliRunner
 from humanline_data.errors import HumanlineError, ModelNotFoundError
 from humanline_data.importers import import_sources
 from humanline_data.store import list_versions, open_version
-from humanline_train.evaluate import eval_command, evaluate, length_controlled, mean_and_se
+from humanline_data.backends import SamplingParams
+from humanline_train.evaluate import GREEDY, eval_command, evaluate, length_controlled, mean_and_se
 
 SCORER_MODULE = '''
 def even_length(batch):
@@ -66,7 +69,7 @@ def _sql(sql: str, **versions) -> list[tuple]:
 
 
 def test_pass_at_1_math_equals_mean_correctness_of_scored_version(tiny_model, data, tmp_path):
-    result = evaluate(tiny_model, data["gsm8k"], "math", n=2, temperature=0.7, max_new_tokens=12,
+    result = evaluate(tiny_model, data["gsm8k"], "math", sampling=SamplingParams(n=2, temperature=0.7, max_new_tokens=12),
                       work=tmp_path, backend="transformers")
     assert result["metric"] == "pass@1" and result["count"] == 5 and result["n"] == 2
     scored = result["versions"]["scored"]
@@ -85,8 +88,8 @@ def test_pass_at_1_math_equals_mean_correctness_of_scored_version(tiny_model, da
 def test_pass_at_1_hand_computed_with_controlled_scorer(tiny_model, data, tmp_path):
     module = tmp_path / "even_scorer.py"
     module.write_text(SCORER_MODULE)
-    result = evaluate(tiny_model, data["gsm8k"], f"python:{module}:even_length", n=3, temperature=0.7,
-                      max_new_tokens=10, work=tmp_path / "work", backend="transformers")
+    result = evaluate(tiny_model, data["gsm8k"], f"python:{module}:even_length",
+                      sampling=SamplingParams(n=3, temperature=0.7, max_new_tokens=10), work=tmp_path / "work", backend="transformers")
     table = open_version(result["versions"]["scored"]).read(["prompt_id", "completion"]).to_pylist()
     ids = open_version(data["gsm8k"]).read(["prompt_id"]).column("prompt_id").to_pylist()
     scores = [sum(len(r["completion"]) % 2 == 0 for r in table if r["prompt_id"] == pid) / 3 for pid in ids]
@@ -100,7 +103,8 @@ def test_pass_at_1_hand_computed_with_controlled_scorer(tiny_model, data, tmp_pa
 
 def test_greedy_empty_answers_count_as_wrong(tiny_model, data):
     # the tiny random model answers these prompts greedily with eos at once: no rows survive
-    result = evaluate(tiny_model, data["gsm8k"], "math", max_new_tokens=8, limit=3, backend="transformers")
+    result = evaluate(tiny_model, data["gsm8k"], "math", sampling=dataclasses.replace(GREEDY, max_new_tokens=8), limit=3,
+                      backend="transformers")
     assert result["count"] == 3
     assert result["missing_samples"] == 3
     assert result["value"] == 0.0 and result["se"] == 0.0
@@ -108,8 +112,8 @@ def test_greedy_empty_answers_count_as_wrong(tiny_model, data):
 
 
 def test_win_rate_against_baseline_equals_independent_computation(tiny_model, tiny_rm, data, tmp_path):
-    result = evaluate(tiny_model, data["alpaca"], f"rm:{tiny_rm}", baseline=data["gpt4"], n=3, temperature=0.7,
-                      max_new_tokens=12, work=tmp_path, backend="transformers")
+    result = evaluate(tiny_model, data["alpaca"], f"rm:{tiny_rm}", baseline=data["gpt4"],
+                      sampling=SamplingParams(n=3, temperature=0.7, max_new_tokens=12), work=tmp_path, backend="transformers")
     assert result["metric"] == "win_rate" and result["count"] == 3
     v = result["versions"]
     outcomes = _sql(
