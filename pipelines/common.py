@@ -179,7 +179,7 @@ def round_rewards(run_dir, correct_at: float | None = None) -> list[dict]:
 
     run_dir = Path(run_dir)
     settings = json.loads((run_dir / "settings.json").read_text())
-    every, total = settings["refresh_every"], settings["max_steps"]
+    every, total = settings["online"]["refresh_every"], settings["data"]["max_steps"]
     rounds = json.loads((run_dir / "refreshes.json").read_text())
     rows = []
     for index, shard in sorted(((int(k), v) for k, v in rounds.items())):

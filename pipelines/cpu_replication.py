@@ -230,7 +230,7 @@ def summarize(seeds: dict[str, list[dict]], before: dict) -> dict:
         accuracy, se = mean_se([r["accuracy"] for r in runs])
         every = json.loads((Path(runs[0]["run_dir"]) / "settings.json").read_text())
         out[name] = {
-            "sample_every": every.get("refresh_every") or "once", "humanline": every["humanline"],
+            "sample_every": every["online"]["refresh_every"] or "once", "humanline": every["humanline"]["sync"],
             "accuracy": accuracy, "accuracy_se": se, "accuracy_change": accuracy - before["value"],
             "per_seed_accuracy": [r["accuracy"] for r in runs],
             "last_round_sample_accuracy": mean_se([r["rounds"][-1]["correct_frac"] for r in runs])[0] if runs[0]["rounds"] else None,

@@ -67,12 +67,12 @@ def test_instruction_following_dry_run(tmp_path):
         assert 0.0 <= r["win_rate"] <= 1.0 and 0.0 <= r["lc_win_rate"] <= 1.0
         assert r["eval"]["count"] == 4 and r["eval"]["metric"] == "win_rate"
         settings = json.loads((Path(r["run_dir"]) / "settings.json").read_text())
-        assert settings["humanline"] == name.endswith("humanline")
+        assert settings["humanline"]["sync"] == settings["humanline"]["clip"] == name.endswith("humanline")
         for shard in r["shards"]:  # the shard trained on: pairs/unpaired <- scored <- completions <- prompts
             kinds = lineage(shard)
             assert kinds[1:3] == ["scored", "completions"] and kinds[-1] == "prompts"
         if "online" in name:  # every round after the first was sampled by a checkpoint of this run
-            assert settings["refresh_every"] == 1 and len(r["shards"]) == 2
+            assert settings["online"]["refresh_every"] == 1 and len(r["shards"]) == 2
             sampler = manifest(manifest(manifest(r["shards"][1])["parents"][0]["path"])["parents"][0]["path"])
             assert r["run_dir"] in json.dumps(sampler["producer"]) + json.dumps(sampler["params"])
         else:
@@ -101,7 +101,7 @@ def test_math_reasoning_dry_run(tmp_path):
             assert lineage(round_["shard"])[:4] == ["groups", "scored", "completions", "prompts"]
             assert lineage(round_["shard"])[-1] == "prompts" and results["data"]["train"] in json.dumps(
                 manifest(manifest(manifest(round_["scored"])["parents"][0]["path"])["parents"][0]["path"])["parents"])
-    assert json.loads((Path(runs["humanline"]["run_dir"]) / "settings.json").read_text())["sync_k"] == 2
+    assert json.loads((Path(runs["humanline"]["run_dir"]) / "settings.json").read_text())["humanline"]["sync_k"] == 2
     assert_png(run / "curves.png")
     assert_png(run / "rewards.png")
 
