@@ -9,6 +9,9 @@ actor) and reserves ``num_cpus_per_actor`` CPUs and ``num_gpus_per_actor`` GPUs.
 back to the driver as ``{key, result: Arrow IPC stream, info: JSON}`` rows, in finishing order;
 the driver writes them, so the output directory need not be visible from the workers. Pieces
 travel as Arrow IPC bytes so that no column passes through Ray's pandas/numpy conversions.
+A :class:`HumanlineError` raised by a worker (while it is built or on a piece) travels back
+pickled in the row's ``error`` column and is raised again in the driver, so the command still
+fails with its one line (Ray itself passes on only a wrapper holding the traceback text).
 
 Every node must have humanline (with the same library versions) installed and the model
 folder at the same path (or the embedded model name, converted per node).
@@ -17,6 +20,7 @@ folder at the same path (or the embedded model name, converted per node).
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Callable, Iterator
 
 import pyarrow as pa
@@ -47,12 +51,11 @@ def run(
         num_cpus=executor.num_cpus_per_actor,
         num_gpus=executor.num_gpus_per_actor,
     )
-    try:
-        for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
-            for key, result, info in zip(*(batch.column(c).to_pylist() for c in ("key", "result", "info"))):
-                yield key, from_ipc(result), json.loads(info)
-    except Exception as exc:  # noqa: BLE001 - Ray wraps the worker's error; show ours on one line
-        raise _humanline_cause(exc) or exc
+    for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
+        for key, result, info, error in zip(*(batch.column(c).to_pylist() for c in _OUTPUT_COLUMNS)):
+            if error is not None:
+                raise pickle.loads(error)
+            yield key, from_ipc(result), json.loads(info)
 
 
 def pool_size(executor: Executor, n_pieces: int, resources: dict) -> int:
@@ -73,25 +76,44 @@ def pool_size(executor: Executor, n_pieces: int, resources: dict) -> int:
     return min(size, n_pieces)
 
 
+_OUTPUT_COLUMNS = ("key", "result", "info", "error")
+
+
 class _Actor:
-    """One worker per actor; one call per dataset row (a piece)."""
+    """One worker per actor; one call per dataset row (a piece). Output columns: ``key``,
+    ``result`` (Arrow IPC), ``info`` (JSON) and ``error`` (a pickled HumanlineError, else null)."""
 
     def __init__(self, make_worker: Callable[[], Worker]) -> None:
-        self.worker = make_worker()
-        self.info = json.dumps(self.worker.info())
+        self.worker, self.info, self.error = None, "{}", None
+        try:
+            self.worker = make_worker()
+            self.info = json.dumps(self.worker.info())
+        except HumanlineError as exc:
+            self.error = pickle.dumps(exc)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        results = [to_ipc(self.worker(from_ipc(piece))) for piece in batch.column("piece").to_pylist()]
+        results, errors = [], []
+        for piece in batch.column("piece").to_pylist():
+            result, error = None, self.error
+            if error is None:
+                try:
+                    result = to_ipc(self.worker(from_ipc(piece)))
+                except HumanlineError as exc:
+                    error = pickle.dumps(exc)
+            results.append(result)
+            errors.append(error)
         return pa.table(
             {
                 "key": batch.column("key"),
                 "result": pa.array(results, pa.large_binary()),
                 "info": pa.array([self.info] * batch.num_rows, pa.string()),
+                "error": pa.array(errors, pa.binary()),
             }
         )
 
     def __del__(self) -> None:
-        self.worker.close()
+        if self.worker is not None:
+            self.worker.close()
 
 
 def to_ipc(table: pa.Table) -> bytes:
@@ -103,17 +125,3 @@ def to_ipc(table: pa.Table) -> bytes:
 
 def from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(data).read_all()
-
-
-def _humanline_cause(exc: BaseException) -> HumanlineError | None:
-    """The HumanlineError a worker raised, found in the chain Ray wraps it in (Ray's wrappers
-    may subclass it too, with the whole traceback as message: those are skipped); else None."""
-    from ray.exceptions import RayError
-
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, HumanlineError) and not isinstance(exc, RayError):
-            return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
-    return None
