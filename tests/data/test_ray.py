@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from test_generate import FAST, cli_generate_args, gsm8k_prompts, run_cli
 from test_score import USER_SCORER, _gsm8k_items, _math_items, _swap_answers, error_line, write_input
 
@@ -79,7 +80,14 @@ def test_worker_error_on_ray_is_one_line_and_writes_nothing(ray_cluster, tmp_pat
 def test_generate_embedded_model_on_ray_equals_local(ray_cluster, shared_data, embedded_model, tmp_path):
     prompts = gsm8k_prompts(shared_data, tmp_path, count=4)
     opts = dict(n=2, max_new_tokens=8, temperature=0.7, top_p=0.95, seed=0, backend="transformers", batch_size=1)
-    local = generate(prompts, tmp_path / "local", "smollm2-135m-instruct", **opts)
+    # Ray runs a 1-CPU actor with OMP_NUM_THREADS=1; torch's matmuls round differently with
+    # another thread count (logprob_sum in the 6th digit), so the local run uses 1 thread too.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = generate(prompts, tmp_path / "local", "smollm2-135m-instruct", **opts)
+    finally:
+        torch.set_num_threads(threads)
     on_ray = generate(prompts, tmp_path / "ray", "smollm2-135m-instruct", executor=RAY, **opts)
     same_version(local, on_ray)
     assert open_version(on_ray).read().num_rows == 8 - open_version(on_ray).manifest["stats"]["empty_completions"]
