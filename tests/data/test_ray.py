@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from humanline_data.executors import Executor
 from humanline_data.generate import generate
 from humanline_data.ray_executor import pool_size
 from humanline_data.scorers import score
+from humanline_data.scorers.math_verifier import MathVerifier
 from humanline_data.store import list_versions, open_version
 
 RAY = Executor("ray", actors=2)
@@ -74,6 +76,22 @@ def test_worker_error_on_ray_is_one_line_and_writes_nothing(ray_cluster, tmp_pat
     assert error_line(result).startswith("error: row 1 (prompt_id ")
     assert list_versions(out) == [good]
     assert open_version(good).read(columns=["reward"]).column("reward").to_pylist() == [0.05, 0.06]
+
+
+def test_math_timeouts_hold_off_the_main_thread():
+    """Ray Data calls a worker from a thread, where signal-based timeouts cannot fire; the math
+    scorer then verifies in a process, so an answer sympy would chew on for ages still times out."""
+    rows = [{"completion": "The answer is $(x+1)^{100000}$.", "answer": "1"},
+            {"completion": "#### 7", "answer": "7"}]
+    verifier, out = MathVerifier(), {}
+    worker = threading.Thread(target=lambda: out.update(results=verifier(rows)), daemon=True)
+    started = time.monotonic()
+    worker.start()
+    worker.join(60)
+    verifier.close()
+    assert not worker.is_alive(), "verification off the main thread ran without its timeout"
+    assert out["results"] == [(0.0, {"correct": 0.0, "format": 1.0}), (1.0, {"correct": 1.0, "format": 1.0})]
+    assert time.monotonic() - started < 30
 
 
 @pytest.mark.slow
