@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from humanline_data import executors
 from humanline_data.backends import (
     Backend,
     GenerationError,
@@ -49,7 +50,6 @@ from humanline_data.backends import (
     sample_seed,
 )
 from humanline_data.errors import SchemaError, WrongKindError
-from humanline_data import executors
 from humanline_data.executors import Executor
 from humanline_data.models import EMBEDDED_MODEL, model_fingerprint, model_identity, resolve_model
 from humanline_data.schema import SCHEMAS
@@ -215,7 +215,7 @@ class ChunkSampler:
     (all ``n`` samples of every prompt, empties included; schema ``SCHEMAS["completions"]``).
 
     ``model`` is the embedded model's name or a folder path; its content hash must equal
-    ``model_sha256`` (the driver's), else every node would not sample the same model."""
+    ``model_sha256`` (the driver's), so that every worker samples the driver's model."""
 
     def __init__(self, model: str, model_sha256: str, backend: str, params: SamplingParams, constants: dict):
         path = resolve_model(model)

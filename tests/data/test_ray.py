@@ -4,6 +4,7 @@ resumes; a worker's error is one line; bad executor flags are refused before any
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -12,14 +13,17 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import torch
 from test_generate import FAST, cli_generate_args, gsm8k_prompts, run_cli
 from test_score import USER_SCORER, _gsm8k_items, _math_items, _swap_answers, error_line, write_input
 
+from humanline_data import executors
+from humanline_data.backends import GenerationError, SamplingParams
 from humanline_data.errors import HumanlineError
 from humanline_data.executors import Executor
-from humanline_data.generate import generate
+from humanline_data.generate import ChunkSampler, generate
 from humanline_data.ray_executor import pool_size
 from humanline_data.scorers import score
 from humanline_data.scorers.math_verifier import MathVerifier
@@ -76,6 +80,14 @@ def test_worker_error_on_ray_is_one_line_and_writes_nothing(ray_cluster, tmp_pat
     assert error_line(result).startswith("error: row 1 (prompt_id ")
     assert list_versions(out) == [good]
     assert open_version(good).read(columns=["reward"]).column("reward").to_pylist() == [0.05, 0.06]
+
+
+def test_worker_that_cannot_start_fails_the_run_with_its_error(ray_cluster, tiny_model):
+    """A node whose model differs from the driver's (here: the driver's hash is made up)."""
+    sampler = functools.partial(ChunkSampler, str(tiny_model), "0" * 16, "transformers", SamplingParams(), {})
+    pieces = [(k, pa.table({"prompt_id": [f"p{k}"]})) for k in range(2)]
+    with pytest.raises(GenerationError, match=r"has content hash [0-9a-f]{16}, the driver's has 0{16}; every worker"):
+        list(executors.run(RAY, sampler, pieces))
 
 
 def test_math_timeouts_hold_off_the_main_thread():
