@@ -12,8 +12,9 @@ reason when that interpreter cannot import vllm).
 Writes ``benchmarks/results/generate.json`` and prints a markdown table.
 
 ``--executors`` measures the whole ``generate`` stage instead (transformers backend, chunks of
-``--batch-size`` prompts): the local executor, then ``--executor ray`` with 1 and with 2 actors of
-1 CPU each on a fresh local Ray cluster (``ray.init`` timed apart). Each contender runs in its own
+``--batch-size`` prompts): the local executor (torch's default threads, then 1 thread), then
+``--executor ray`` with 1 and with 2 actors of 1 CPU each (Ray gives each ``OMP_NUM_THREADS=1``)
+on a fresh local Ray cluster (``ray.init`` timed apart). Each contender runs in its own
 subprocess; a digest of every (prompt_id, sample_idx, completion) shows they wrote the same text.
 
     flock /tmp/humanline-heavy.lock python benchmarks/bench_generate.py --executors --prompts 8 --max-new-tokens 32
@@ -37,7 +38,8 @@ GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 RESULTS = ROOT / "benchmarks" / "results" / "generate.json"
 EXECUTOR_RESULTS = ROOT / "benchmarks" / "results" / "generate_executors.json"
 SETTINGS = dict(prompts=16, n=4, max_new_tokens=128, temperature=0.7, top_p=0.95, seed=0)
-EXECUTOR_CONTENDERS = {"local": None, "ray-1": 1, "ray-2": 2}  # name -> Ray actors
+# name -> (Ray actors or None for local, torch threads or None for torch's default)
+EXECUTOR_CONTENDERS = {"local": (None, None), "local-1-thread": (None, 1), "ray-1": (1, None), "ray-2": (2, None)}
 
 
 def measure(backend_name: str) -> dict:
@@ -85,7 +87,11 @@ def measure_stage(contender: str, settings: dict) -> dict:
     from humanline_data.schema import prompt_id
     from humanline_data.store import open_version, write_version
 
-    actors = EXECUTOR_CONTENDERS[contender]
+    actors, threads = EXECUTOR_CONTENDERS[contender]
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     root = Path(tempfile.mkdtemp(prefix="bench-generate-"))
     with open(GSM8K) as f:
         questions = [json.loads(line)["question"] for _, line in zip(range(settings["prompts"]), f)]
