@@ -12,17 +12,25 @@ that changes the output. Re-running the same command after an interruption skips
 disk; once the version is committed the work directory is removed. A run with other parameters
 uses another work directory (stale ones from abandoned runs can be deleted by hand).
 
+Executors (:mod:`humanline_data.executors`): each chunk is one piece of work for the
+:class:`ChunkSampler` worker, run in this process (``local``) or on a Ray actor pool (``ray``).
+The driver writes every chunk it gets back, so chunks, resume and the committed version are the
+same for both; the executor is not part of the run key (a run killed under one executor can be
+resumed under the other) and is recorded in ``producer["executor"]``.
+
 Empty completions (the model emits eos at once, or only whitespace) are not valid rows of the
 data contract: they are left out of the version and counted in ``stats["empty_completions"]``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -31,16 +39,19 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from humanline_data import executors
 from humanline_data.backends import (
     Backend,
     GenerationError,
     SamplingParams,
     load_backend,
+    load_tokenizer,
     resolve_backend_name,
     sample_seed,
 )
 from humanline_data.errors import SchemaError, WrongKindError
-from humanline_data.models import model_identity, resolve_model
+from humanline_data.executors import Executor
+from humanline_data.models import EMBEDDED_MODEL, model_fingerprint, model_identity, resolve_model
 from humanline_data.schema import SCHEMAS
 from humanline_data.store import Version, iter_batches, open_version, write_version
 
@@ -62,6 +73,7 @@ def generate(
     shard_index: int = 0,
     num_shards: int = 1,
     limit: int | None = None,
+    executor: Executor = Executor(),
 ) -> Path:
     """Sample ``n`` completions of each prompt of ``prompts`` (a prompts, completions or scored
     version; the latter two give their distinct prompts) with ``model`` and write them as the
@@ -69,9 +81,11 @@ def generate(
 
     ``limit`` keeps the first ``limit`` distinct prompts; then only the prompts whose id hashes
     to ``shard_index`` modulo ``num_shards`` are kept, so ``num_shards`` runs split one job.
+    ``executor`` says where the chunks are sampled (see the module doc).
     """
     params = SamplingParams(n, temperature, top_p, max_new_tokens, seed)
     _check_args(params, batch_size, shard_index, num_shards, limit)
+    executor.check()
     source = open_version(prompts, kinds=("prompts", *SAMPLED_KINDS))
     table = shard(distinct_prompts(source, limit), shard_index, num_shards)
     model_path = resolve_model(model)
@@ -101,16 +115,14 @@ def generate(
     work = Path(out) / f".partial-{_run_key(source, identity, run_params)}"
     chunks = [table.slice(start, batch_size) for start in range(0, table.num_rows, batch_size)]
     todo = [k for k in range(len(chunks)) if not _chunk_path(work, k).is_file()]
-    versions: dict[str, str] = {}
     if todo:
-        loaded = load_backend(backend_name, model_path, seed=seed)
-        try:
-            versions = loaded.versions()
-            work.mkdir(parents=True, exist_ok=True)
-            _sample_chunks(loaded, chunks, todo, work, params, constants)
-        finally:
-            loaded.close()
-    producer = {**identity, "backend": backend_name, "versions": versions}
+        load_tokenizer(model_path)  # a model without a chat template is refused before workers start
+    # the embedded model travels by name (each node converts its own copy), a folder by path
+    model_arg = EMBEDDED_MODEL if str(model) == EMBEDDED_MODEL else str(model_path.resolve())
+    sampler = functools.partial(ChunkSampler, model_arg, identity["model_sha256"], backend_name, params, constants)
+    results = executors.run(executor, sampler, [(k, chunks[k]) for k in todo])
+    versions = _write_chunks(results, chunks, todo, work, params)
+    producer = {**identity, "backend": backend_name, "versions": versions, "executor": executor.describe()}
     stats = {"prompts": table.num_rows, "chunks": len(chunks), "resumed_chunks": len(chunks) - len(todo)}
     path = _commit(work, len(chunks), out, source, run_params, producer, stats)
     shutil.rmtree(work, ignore_errors=True)
@@ -197,10 +209,43 @@ def _chunk_path(work: Path, k: int) -> Path:
     return work / f"chunk-{k:06d}.parquet"
 
 
-def _sample_chunks(
-    backend: Backend, chunks: list[pa.Table], todo: list[int], work: Path, params: SamplingParams, constants: dict
-) -> None:
-    """Generate the chunks numbered ``todo`` and write each atomically into ``work``."""
+class ChunkSampler:
+    """The generate stage's worker (see :mod:`humanline_data.executors`): loads ``backend``
+    with ``model`` once and turns a chunk of prompts (prompt columns) into its completions rows
+    (all ``n`` samples of every prompt, empties included; schema ``SCHEMAS["completions"]``).
+
+    ``model`` is the embedded model's name or a folder path; its content hash must equal
+    ``model_sha256`` (the driver's), so that every worker samples the driver's model."""
+
+    def __init__(self, model: str, model_sha256: str, backend: str, params: SamplingParams, constants: dict):
+        path = resolve_model(model)
+        found = model_fingerprint(path)
+        if found != model_sha256:
+            raise GenerationError(
+                f"model {path} here has content hash {found}, the driver's has {model_sha256}; "
+                "every worker needs the same model"
+            )
+        self.params, self.constants = params, constants
+        self.backend: Backend = load_backend(backend, path, seed=params.seed)
+
+    def __call__(self, chunk: pa.Table) -> pa.Table:
+        rows = sample_chunk(self.backend, chunk, self.params, self.constants)
+        return pa.Table.from_pylist(rows, schema=SCHEMAS["completions"])
+
+    def info(self) -> dict:
+        return {"versions": self.backend.versions()}
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def _write_chunks(
+    results: Iterator[tuple[int, pa.Table, dict]], chunks: list[pa.Table], todo: list[int], work: Path,
+    params: SamplingParams,
+) -> dict:
+    """Write each ``(k, rows, info)`` of ``results`` (the chunks numbered ``todo``, in any
+    order) atomically into ``work``, showing progress; return the workers' library versions
+    (empty when nothing was left to do)."""
     console = Console(stderr=True)
     pending = set(todo)
     done_before = sum(c.num_rows for k, c in enumerate(chunks) if k not in pending)
@@ -213,18 +258,20 @@ def _sample_chunks(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     ]
-    tokens, started = 0, time.perf_counter()
+    tokens, started, versions = 0, time.perf_counter(), {}
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("generate", total=total, completed=done_before * params.n, rate="")
-        for k in todo:
-            rows = _sample_chunk(backend, chunks[k], params, constants)
-            _write_atomic(pa.Table.from_pylist(rows, schema=SCHEMAS["completions"]), _chunk_path(work, k))
-            tokens += sum(r["completion_tokens"] for r in rows)
+        for k, rows, info in results:
+            work.mkdir(parents=True, exist_ok=True)
+            _write_atomic(rows, _chunk_path(work, k))
+            versions = info["versions"]
+            tokens += pc.sum(rows.column("completion_tokens")).as_py() or 0
             rate = f"{tokens / (time.perf_counter() - started):.1f} tokens/s"
-            progress.update(task, advance=len(rows), rate=rate)
+            progress.update(task, advance=rows.num_rows, rate=rate)
+    return versions
 
 
-def _sample_chunk(backend: Backend, chunk: pa.Table, params: SamplingParams, constants: dict) -> list[dict]:
+def sample_chunk(backend: Backend, chunk: pa.Table, params: SamplingParams, constants: dict) -> list[dict]:
     """All ``n`` samples of every prompt of ``chunk`` as completions rows (empties included)."""
     prompts = chunk.to_pylist()
     seeds = [[sample_seed(params.seed, p["prompt_id"], j) for j in range(params.n)] for p in prompts]

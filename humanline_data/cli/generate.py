@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from humanline_data.backends import BACKENDS
+from humanline_data.cli.executor_options import executor_options
 
 _OUT = click.option("--out", required=True, type=click.Path(path_type=Path), help="Output dataset <root>/<name>.")
 
@@ -27,9 +28,11 @@ _OUT = click.option("--out", required=True, type=click.Path(path_type=Path), hel
 @click.option("--num-shards", default=1, show_default=True, help="Workers splitting the prompts by prompt_id hash.")
 @click.option("--limit", type=int, default=None, help="Use only the first K distinct prompts.")
 @_OUT
+@executor_options
 def generate_command(prompts: Path, out: Path, **kwargs) -> None:
     """Sample completions of PROMPTS (a prompts, completions or scored version) into OUT's next
-    version (kind completions). Re-run the same command to resume an interrupted run."""
+    version (kind completions). Re-run the same command to resume an interrupted run (under
+    either executor: the output is the same row for row)."""
     from humanline_data.generate import generate
 
     click.echo(generate(prompts, out, **kwargs))

@@ -11,10 +11,16 @@ A scorer spec names what gives the reward:
 The output carries every completion column plus ``reward`` (float64), ``scorer`` (the scorer's
 identity string) and ``reward_components`` (JSON object ``{name: float}``). A reward that is NaN
 or infinite stops the stage with a one-line error naming the row; nothing is written.
+
+Rows are scored in batches of ``batch_size`` by the :class:`BatchScorer` worker, in this
+process (``local`` executor) or on a Ray actor pool (``ray``, see
+:mod:`humanline_data.executors`); the driver checks and writes the rewards, so both executors
+write the same version. The executor is recorded in ``producer["executor"]``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -26,7 +32,9 @@ import pyarrow.compute as pc
 from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
+from humanline_data import executors
 from humanline_data.errors import HumanlineError
+from humanline_data.executors import Executor
 from humanline_data.scorers.base import Scorer
 from humanline_data.store import open_version, write_version
 
@@ -65,68 +73,97 @@ def parse_spec(spec: str, format_weight: float = 0.0, workers: int = 1) -> Score
 
 
 def score(inp: str | os.PathLike, out: str | os.PathLike, scorer: str, batch_size: int = 16,
-          format_weight: float = 0.0, workers: int = 1) -> Path:
+          format_weight: float = 0.0, workers: int = 1, executor: Executor = Executor()) -> Path:
     """Score every row of the completions/scored version ``inp`` with ``scorer``; write the
     next version of ``out`` (kind scored) and return its path.
 
     ``batch_size`` rows go to the scorer per call; ``format_weight`` and ``workers`` are the
-    math scorer's (see :func:`parse_spec`)."""
+    math scorer's (see :func:`parse_spec`); ``executor`` says where the batches are scored."""
     if batch_size < 1:
         raise HumanlineError(f"--batch-size must be at least 1, got {batch_size}")
+    executor.check()
     source = open_version(inp, kinds=("completions", "scored"))
     table = source.read()
     table = table.drop_columns([c for c in OUTPUT_COLUMNS if c in table.column_names])
-    scoring = parse_spec(scorer, format_weight, workers)
-    try:
-        scoring.check(table)
-        started = time.perf_counter()
-        rewards, components = _score_rows(table, scoring, batch_size)
-        seconds = time.perf_counter() - started
-    finally:
-        scoring.close()
+    scoring = parse_spec(scorer, format_weight, workers)  # here: identity and checks; workers score
+    scoring.check(table)
+    started = time.perf_counter()
+    worker = functools.partial(BatchScorer, scorer, format_weight, workers)
+    results = _score_rows(table, scoring.identity, worker, batch_size, executor)
+    seconds = time.perf_counter() - started
     scored = (
-        table.append_column("reward", pa.array(rewards, pa.float64()))
+        table.append_column("reward", results.column("reward"))
         .append_column("scorer", pa.array([scoring.identity] * table.num_rows, pa.string()))
-        .append_column("reward_components", pa.array([json.dumps(c) for c in components], pa.string()))
+        .append_column("reward_components", results.column("reward_components"))
     )
+    components = [json.loads(c) for c in results.column("reward_components").to_pylist()]
     with write_version(
         out,
         "scored",
         params={"scorer": scorer, "identity": scoring.identity, "batch_size": batch_size, **scoring.params},
         parents=[source.parent_ref()],
-        producer=scoring.producer,
+        producer={**scoring.producer, "executor": executor.describe()},
         stats=_stats(scored, components, seconds),
     ) as writer:
         writer.write(scored)
     return writer.path
 
 
-def _score_rows(table: pa.Table, scoring: Scorer, batch_size: int) -> tuple[list[float], list[dict]]:
-    """Rewards and components of every row, scored ``batch_size`` rows at a time."""
-    rewards: list[float] = []
-    components: list[dict] = []
-    keys = table.select(["prompt_id", "sample_idx"])
+class BatchScorer:
+    """The score stage's worker (see :mod:`humanline_data.executors`): the scorer ``spec``
+    names, built once; turns a batch of rows (:data:`ROW_KEYS` columns) into a table of
+    ``reward`` (float64) and ``reward_components`` (JSON object), one row per input row."""
+
+    def __init__(self, spec: str, format_weight: float = 0.0, workers: int = 1) -> None:
+        self.scoring = parse_spec(spec, format_weight, workers)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        for row in rows:
+            row["metadata"] = json.loads(row["metadata"]) if row["metadata"] is not None else None
+        results = self.scoring(rows)
+        if len(results) != len(rows):
+            raise HumanlineError(f"scorer {self.scoring.identity} gave {len(results)} rewards for {len(rows)} rows")
+        return pa.table(
+            {
+                "reward": pa.array([float(reward) for reward, _ in results], pa.float64()),
+                "reward_components": pa.array([json.dumps(parts) for _, parts in results], pa.string()),
+            }
+        )
+
+    def info(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        self.scoring.close()
+
+
+def _score_rows(table: pa.Table, identity: str, worker, batch_size: int, executor: Executor) -> pa.Table:
+    """``reward`` and ``reward_components`` of every row (in row order), scored ``batch_size``
+    rows at a time by ``worker()`` instances under ``executor``; raises on a non-finite reward."""
+    pieces = [(start, table.slice(start, batch_size).select(list(ROW_KEYS)))
+              for start in range(0, table.num_rows, batch_size)]
+    done: dict[int, pa.Table] = {}
     with _progress() as progress:
-        task = progress.add_task(f"scoring ({scoring.identity})", total=table.num_rows)
-        for start in range(0, table.num_rows, batch_size):
-            rows = table.slice(start, batch_size).select(list(ROW_KEYS)).to_pylist()
-            for row in rows:
-                row["metadata"] = json.loads(row["metadata"]) if row["metadata"] is not None else None
-            results = scoring(rows)
-            if len(results) != len(rows):
-                raise HumanlineError(f"scorer {scoring.identity} gave {len(results)} rewards for {len(rows)} rows")
-            for offset, (reward, parts) in enumerate(results):
-                if not math.isfinite(reward):
-                    row = start + offset
-                    raise HumanlineError(
-                        f"row {row} (prompt_id {keys['prompt_id'][row].as_py()}, sample_idx "
-                        f"{keys['sample_idx'][row].as_py()}): scorer {scoring.identity} gave reward {reward}; "
-                        "rewards must be finite"
-                    )
-                rewards.append(float(reward))
-                components.append(parts)
-            progress.advance(task, len(rows))
-    return rewards, components
+        task = progress.add_task(f"scoring ({identity})", total=table.num_rows)
+        for start, result, _ in executors.run(executor, worker, pieces):
+            _check_finite(result.column("reward"), start, table, identity)
+            done[start] = result
+            progress.advance(task, result.num_rows)
+    if not pieces:
+        return pa.table({"reward": pa.array([], pa.float64()), "reward_components": pa.array([], pa.string())})
+    return pa.concat_tables([done[start] for start, _ in pieces])
+
+
+def _check_finite(rewards: pa.Array, start: int, table: pa.Table, identity: str) -> None:
+    """Raise naming the first row (``start`` + offset into ``table``) with a NaN/inf reward."""
+    for offset, reward in enumerate(rewards.to_pylist()):
+        if not math.isfinite(reward):
+            key = table.slice(start + offset, 1).select(["prompt_id", "sample_idx"]).to_pylist()[0]
+            raise HumanlineError(
+                f"row {start + offset} (prompt_id {key['prompt_id']}, sample_idx {key['sample_idx']}): "
+                f"scorer {identity} gave reward {reward}; rewards must be finite"
+            )
 
 
 def _progress() -> Progress:

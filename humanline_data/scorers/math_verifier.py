@@ -11,8 +11,9 @@ MATH) are both wrapped in ``\\boxed{}`` and parsed by math-verify, then compared
 ``math_verify.verify``. reward = correct (1.0 / 0.0) + format_weight * format. Anything that
 goes wrong while parsing or comparing counts as wrong (0.0), never as a crash.
 
-math-verify's timeouts use ``signal.alarm``, which only works in the main thread; elsewhere the
-scorer runs without timeouts.
+math-verify's timeouts use ``signal.alarm``, which only works in a process's main thread. Called
+from another thread (a Ray Data actor runs its batches off the main thread), the scorer verifies
+in worker processes, as with ``workers > 1``, so that the timeouts still hold.
 """
 
 from __future__ import annotations
@@ -132,8 +133,9 @@ def score_answers(pairs: list[tuple[str, str]]) -> list[tuple[float, float]]:
 class MathVerifier(Scorer):
     """Reward 1.0 for a verified final answer, 0.0 otherwise, plus format_weight * format.
 
-    With ``workers > 1`` each batch is split across that many worker processes (spawned once,
-    shut down by :meth:`close`); sympy-bound MATH answers score about 100-200 rows/s per core.
+    With ``workers > 1``, or when called off the main thread, each batch is split across
+    ``workers`` worker processes (spawned at the first such call, shut down by :meth:`close`);
+    sympy-bound MATH answers score about 100-200 rows/s per core.
     """
 
     def __init__(self, format_weight: float = 0.0, workers: int = 1) -> None:
@@ -143,8 +145,6 @@ class MathVerifier(Scorer):
         self.params = {"format_weight": self.format_weight, "workers": workers}
         self.producer = {"scorer": "math-verify", "math_verify": _math_verify_version()}
         self._pool = None
-        if workers > 1:
-            self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
     def check(self, table: pa.Table) -> None:
         missing = pc.is_null(table.column("answer"))
@@ -157,6 +157,8 @@ class MathVerifier(Scorer):
 
     def __call__(self, rows: list[dict]) -> list[tuple[float, dict[str, float]]]:
         pairs = [(row["completion"], row["answer"]) for row in rows]
+        if self._pool is None and (self.workers > 1 or threading.current_thread() is not threading.main_thread()):
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         if self._pool is None:
             results = score_answers(pairs)
         else:

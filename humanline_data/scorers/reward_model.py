@@ -9,6 +9,8 @@ in float32 without gradients. reward = ``output.score[:, 0]`` when the model's o
 
 Models load from local folders only (``models.resolve_model``) with ``trust_remote_code=True``,
 which ArmoRM (RLHFlow/ArmoRM-Llama3-8B-v0.1) needs: only point it at folders you trust.
+The weights load at the first call, so a driver that only reads the scorer's identity (the
+``ray`` executor's) never loads them.
 """
 
 from __future__ import annotations
@@ -30,23 +32,30 @@ class RewardModel(Scorer):
     """Scores rows with a sequence-classification reward model loaded from ``model``."""
 
     def __init__(self, model: str, device: str | None = None) -> None:
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
         path = resolve_model(model)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=torch.float32, trust_remote_code=True
-        ).to(self.device).eval()
-        _agree_on_padding(self.tokenizer, self.model.config)
+        self.path = path
+        self.device = device
+        self.model = self.tokenizer = None
         self.producer = model_identity(path)
         self.identity = f"rm:{path.resolve().name}@{self.producer['model_sha256']}"
         self.params = {"model": str(path.resolve())}
 
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=True)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            self.path, dtype=torch.float32, trust_remote_code=True
+        ).to(self.device).eval()
+        _agree_on_padding(self.tokenizer, self.model.config)
+
     def __call__(self, rows: list[dict]) -> list[tuple[float, dict[str, float]]]:
         import torch
 
+        if self.model is None:
+            self._load()
         texts = [render_conversation(self.tokenizer, r["messages"], r["completion"]) for r in rows]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         with torch.no_grad():
