@@ -45,7 +45,7 @@ def _policy(tiny_model, attention="sdpa", checkpointing=False):
 
 
 def _logps_and_grads(model, batch, **kwargs):
-    weights = torch.randn(batch[0].shape, generator=torch.Generator().manual_seed(1))
+    weights = torch.randn(batch[0].shape, generator=torch.Generator().manual_seed(1)).to(batch[0].device)
     model.zero_grad(set_to_none=True)
     got = completion_logprobs(model, *batch, chunk_tokens=5, **kwargs)
     (got * weights).sum().backward()
@@ -100,6 +100,13 @@ def test_flex_attention_takes_a_block_mask(tiny_model):
         want = completion_logprobs(_policy(tiny_model).eval(), *batch)
         got = completion_logprobs(_policy(tiny_model, "flex_attention").eval(), *batch, layout="packed")
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flex attention's backward needs a GPU")
+def test_flex_attention_gradients_on_the_gpu(tiny_model):
+    batch = tuple(x.cuda() for x in BATCHES["dpo-pairs"]())
+    want = _logps_and_grads(_policy(tiny_model).cuda(), batch, share_prompts=False)
+    _assert_same(_logps_and_grads(_policy(tiny_model, "flex_attention").cuda(), batch, layout="packed"), want)
 
 
 def test_rows_without_completion_and_holes_in_a_completion(tiny_model):
