@@ -15,6 +15,19 @@ compute. It applies when some prompt repeats and every row is prompt + one conti
 completion to its end; otherwise (or under gradient checkpointing, which drops the cache) the
 rows run whole.
 
+``layout="packed"`` removes padding altogether: the rows go into one row (batch dimension 1)
+holding, per prompt family, the prompt once and then each completion of that family; position
+ids restart per family and each completion's continue after its prompt (as in its whole row),
+and a document mask lets a token see earlier tokens of its own segment and its family's prompt
+only. So no position is padding and each distinct prompt runs once, in one forward, with or
+without gradient checkpointing. The mask follows the model's attention implementation: a dense
+``[1, 1, L, L]`` boolean mask under ``sdpa``, an additive one under ``eager`` (both O(L^2) memory:
+for CPU and modest L), a flex-attention ``BlockMask`` under ``flex_attention`` (the GPU choice:
+blocks no query sees are skipped). flash-attention's varlen kernel takes only disjoint
+sequences, not this prompt-shared tree mask, so ``flash_attention_*`` is refused for packing.
+Models with sliding-window or chunked layers are refused too (the one mask would be wrong for
+them). ``forward_tokens`` then bounds the tokens of each packed row.
+
 ``forward_tokens`` trades batch width for padding: the rows are sorted by length and run in
 groups of at most that many padded tokens, each group cut to its own longest row, so little
 compute goes to padding (on CPU, where a narrow batch costs nothing, this is the faster choice;
@@ -27,6 +40,8 @@ LM head are called inside.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -87,24 +102,30 @@ def _prompt_families(input_ids, attention_mask, completion_mask) -> list[list[in
     return list(families.values()) if len(families) < input_ids.shape[0] else None
 
 
+def _greedy_groups(items: list, cost, limit: int | None) -> list[list]:
+    """``items`` (cheapest alone first) cut into consecutive groups of ``cost(group) <= limit``
+    (>= 1 item each); one group of all, in the given order, when ``limit`` is None."""
+    if limit is None:
+        return [list(items)]
+    groups: list[list] = []
+    for item in sorted(items, key=lambda i: cost([i])):
+        if groups and cost(groups[-1] + [item]) <= limit:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
 def _family_groups(families: list[list[int]], starts: list[int], lengths: list[int], forward_tokens: int | None):
     """Families (shortest first) grouped so that prompts x longest prompt + rows x longest
     completion <= forward_tokens (>= 1 family each); one group when forward_tokens is None."""
-    if forward_tokens is None:
-        return [families]
 
     def padded(group: list[list[int]]) -> int:
         longest_prompt = max(starts[f[0]] for f in group)
         longest_completion = max(lengths[r] - starts[r] for f in group for r in f)
         return len(group) * longest_prompt + sum(len(f) for f in group) * longest_completion
 
-    groups: list[list[list[int]]] = []
-    for family in sorted(families, key=lambda f: padded([f])):
-        if groups and padded(groups[-1] + [family]) <= forward_tokens:
-            groups[-1].append(family)
-        else:
-            groups.append([family])
-    return groups
+    return _greedy_groups(families, padded, forward_tokens)
 
 
 def _shared_prompt_logprobs(model, input_ids, attention_mask, completion_mask, prompt_of_row: torch.Tensor,
@@ -141,15 +162,136 @@ def _shared_prompt_logprobs(model, input_ids, attention_mask, completion_mask, p
 
 def _length_groups(lengths: list[int], forward_tokens: int | None) -> list[list[int]]:
     """Row indices grouped (shortest first) so that rows x longest row <= forward_tokens (>= 1 row each)."""
-    if forward_tokens is None:
-        return [list(range(len(lengths)))]
-    groups: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        if groups and (len(groups[-1]) + 1) * lengths[i] <= forward_tokens:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
+    return _greedy_groups(list(range(len(lengths))), lambda g: len(g) * max(lengths[i] for i in g), forward_tokens)
+
+
+LAYOUTS = ("padded", "packed")
+PACKED_ATTENTION = ("sdpa", "eager", "flex_attention")
+
+
+@dataclass
+class PackedRow:
+    """Rows packed into one row of L tokens (module docstring): ``input_ids``/``position_ids``
+    [1, L]; per token its ``family`` (prompt family), ``segment`` (the family's prompt or one
+    completion tail) and ``is_prompt`` [L]; per scored token (N of them) the packed index of the
+    hidden state ``predictor`` that predicts it, its ``label`` and its place (``row``, ``col``) in
+    the [B, T] batch."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    family: torch.Tensor
+    segment: torch.Tensor
+    is_prompt: torch.Tensor
+    predictor: torch.Tensor
+    label: torch.Tensor
+    row: torch.Tensor
+    col: torch.Tensor
+
+    def allowed(self) -> torch.Tensor:
+        """[L, L] boolean: query q may attend key k (causal, same family, own segment or prompt)."""
+        q, k = slice(None), None
+        causal = torch.ones(len(self.family), len(self.family), dtype=torch.bool, device=self.family.device).tril()
+        same_family = self.family[q, k] == self.family[k, q]
+        visible = (self.segment[q, k] == self.segment[k, q]) | self.is_prompt[k, q]
+        return causal & same_family & visible
+
+
+def pack_rows(input_ids: torch.Tensor, completion_mask: torch.Tensor, families: list[list[int]],
+              starts: list[int], lengths: list[int]) -> PackedRow:
+    """Pack ``families`` (row indices sharing ``input_ids[r, :starts[r]]``) of a right-padded
+    batch: each family's prompt once, then each row's tokens ``starts[r]:lengths[r]``."""
+    device = input_ids.device
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("ids", "pos", "family", "segment", "prompt",
+                                                             "predictor", "row", "col")}
+    at = segment = 0
+    for f, family in enumerate(families):
+        p = starts[family[0]]
+        last_prompt = at + p - 1
+        spans = [(family[0], 0, p, True)] + [(r, p, lengths[r], False) for r in family]
+        for r, begin, end, is_prompt in spans:
+            n = end - begin
+            parts["ids"].append(input_ids[r, begin:end])
+            parts["pos"].append(torch.arange(begin, end, device=device))
+            parts["family"].append(torch.full((n,), f, device=device))
+            parts["segment"].append(torch.full((n,), segment, device=device))
+            parts["prompt"].append(torch.full((n,), is_prompt, device=device))
+            if not is_prompt:
+                j = completion_mask[r, begin:end].nonzero().squeeze(-1)  # scored tokens of the tail
+                parts["predictor"].append(torch.where(j == 0, last_prompt, at + j - 1))
+                parts["row"].append(torch.full_like(j, r))
+                parts["col"].append(begin + j)
+            at += n
+            segment += 1
+    cat = {k: torch.cat(v) for k, v in parts.items()}
+    return PackedRow(cat["ids"][None], cat["pos"][None], cat["family"], cat["segment"], cat["prompt"],
+                     cat["predictor"], input_ids[cat["row"], cat["col"]], cat["row"], cat["col"])
+
+
+def _packed_mask(model, packed: PackedRow):
+    """The attention mask of ``packed`` in the form the model's attention implementation takes."""
+    implementation = model.config._attn_implementation
+    if implementation == "flex_attention":
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        family, segment, is_prompt = packed.family, packed.segment, packed.is_prompt
+
+        def visible(batch, head, q, k):
+            return (k <= q) & (family[q] == family[k]) & ((segment[q] == segment[k]) | is_prompt[k])
+
+        L = len(family)
+        return create_block_mask(visible, None, None, L, L, device=family.device)
+    allowed = packed.allowed()[None, None]
+    if implementation == "sdpa":
+        return allowed
+    if implementation == "eager":
+        return torch.zeros(allowed.shape, dtype=model.dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(model.dtype).min)
+    raise HumanlineError(
+        f"layout 'packed' needs attention {' / '.join(PACKED_ATTENTION)}; the model uses {implementation!r} "
+        f"(flash-attention cannot express the shared-prompt mask): use layout 'padded'"
+    )
+
+
+def _check_packable(model) -> None:
+    """Refuse models whose layers do not all use full causal attention (one mask would be wrong)."""
+    config = model.config.get_text_config()
+    kinds = set(getattr(config, "layer_types", None) or ["full_attention"])
+    if kinds != {"full_attention"} or getattr(config, "attention_chunk_size", None):
+        raise HumanlineError(
+            f"layout 'packed' needs full attention in every layer; {config.model_type} has "
+            f"{', '.join(sorted(kinds))}: use layout 'padded'"
+        )
+
+
+def _packed_logprobs(model, input_ids, completion_mask, families, starts, lengths, chunk_tokens, recompute):
+    """(row, col, log-prob) [N] of the completion tokens of ``families`` in one packed forward."""
+    packed = pack_rows(input_ids, completion_mask, families, starts, lengths)
+    hidden = model.get_decoder()(
+        input_ids=packed.input_ids, attention_mask=_packed_mask(model, packed),
+        position_ids=packed.position_ids, use_cache=False,
+    ).last_hidden_state[0]
+    logps = _rows_logprobs(model, hidden[packed.predictor], packed.label, chunk_tokens, recompute)
+    return packed.row, packed.col, logps
+
+
+def _packed_plan(input_ids, attention_mask, completion_mask, share_prompts: bool, forward_tokens: int | None):
+    """(families, starts, lengths) then groups of families of <= forward_tokens packed tokens each.
+
+    A row's prompt is its tokens before its first completion token; rows without one are left
+    out (their log-probs are all 0); with ``share_prompts`` rows of identical prompts form one
+    family, else every row is its own."""
+    lengths = attention_mask.sum(-1).tolist()
+    scored = completion_mask.any(-1).tolist()
+    starts = completion_mask.int().argmax(-1).tolist()
+    families: dict[object, list[int]] = {}
+    for r, row in enumerate(input_ids.tolist()):
+        if scored[r]:
+            families.setdefault(tuple(row[: starts[r]]) if share_prompts else r, []).append(r)
+
+    def tokens(group: list[list[int]]) -> int:
+        return sum(starts[f[0]] + sum(lengths[r] - starts[r] for r in f) for f in group)
+
+    return _greedy_groups(list(families.values()), tokens, forward_tokens), starts, lengths
 
 
 def completion_logprobs(
@@ -161,6 +303,7 @@ def completion_logprobs(
     recompute: bool = True,
     forward_tokens: int | None = None,
     share_prompts: bool = True,
+    layout: str = "padded",
 ) -> torch.Tensor:
     """Log-probs [B, T] float32 (float64 for a float64 model) of a causal LM: entry (b, t) =
     log p(input_ids[b, t] | input_ids[b, :t]) on ``completion_mask``, exactly 0 elsewhere.
@@ -170,7 +313,9 @@ def completion_logprobs(
     head chunk when gradient is on. ``forward_tokens`` (None: the whole batch in one forward)
     splits the batch into length-sorted groups of at most that many padded tokens (with
     ``share_prompts``, groups of whole prompt families, counting each prompt once). Works with
-    gradient (policy) and under ``torch.no_grad`` (reference).
+    gradient (policy) and under ``torch.no_grad`` (reference). ``layout``: ``"padded"`` runs
+    padded rows (sharing prompts through a KV cache), ``"packed"`` one padding-free row per group
+    (module docstring); the output is the same [B, T] either way.
     """
     completion_mask = completion_mask.bool()
     if not (input_ids.shape == attention_mask.shape == completion_mask.shape):
@@ -184,6 +329,11 @@ def completion_logprobs(
         raise HumanlineError("completion_mask marks a token that attention_mask marks as padding")
     if bool(completion_mask[:, 0].any()):
         raise HumanlineError("a completion token at position 0 has no context to predict it from")
+    if layout not in LAYOUTS:
+        raise HumanlineError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    if layout == "packed":
+        return _completion_logprobs_packed(model, input_ids, attention_mask, completion_mask, chunk_tokens,
+                                           recompute, forward_tokens, share_prompts)
 
     lengths = attention_mask.sum(-1).tolist()
     families = None
@@ -210,17 +360,33 @@ def completion_logprobs(
     return torch.cat(outs)[torch.argsort(order)]
 
 
+def _completion_logprobs_packed(model, input_ids, attention_mask, completion_mask, chunk_tokens, recompute,
+                                forward_tokens, share_prompts) -> torch.Tensor:
+    """completion_logprobs with ``layout="packed"``: one packed forward per group of families."""
+    _check_packable(model)
+    groups, starts, lengths = _packed_plan(input_ids, attention_mask, completion_mask, share_prompts, forward_tokens)
+    pieces = [_packed_logprobs(model, input_ids, completion_mask, families, starts, lengths, chunk_tokens, recompute)
+              for families in groups]
+    if not pieces:  # no completion token anywhere: run the padded path, which gives the zeros
+        return completion_logprobs(model, input_ids, attention_mask, completion_mask, chunk_tokens, recompute)
+    row, col, logps = (torch.cat(parts) for parts in zip(*pieces))
+    return logps.new_zeros(input_ids.shape).index_put((row, col), logps)
+
+
 class LogprobModel(torch.nn.Module):
     """``forward(input_ids, attention_mask, completion_mask)`` -> :func:`completion_logprobs` [B, T]
     of the causal LM ``model`` (kept as ``self.model``, so state-dict keys gain a ``model.`` prefix)."""
 
-    def __init__(self, model: torch.nn.Module, chunk_tokens: int = 4096, forward_tokens: int | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, chunk_tokens: int = 4096, forward_tokens: int | None = None,
+                 layout: str = "padded") -> None:
         super().__init__()
         self.model = model
         self.chunk_tokens = chunk_tokens
         self.forward_tokens = forward_tokens
+        self.layout = layout
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
         return completion_logprobs(
-            self.model, input_ids, attention_mask, completion_mask, self.chunk_tokens, forward_tokens=self.forward_tokens
+            self.model, input_ids, attention_mask, completion_mask, self.chunk_tokens,
+            forward_tokens=self.forward_tokens, layout=self.layout,
         )
