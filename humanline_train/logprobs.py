@@ -51,8 +51,16 @@ from humanline_data.errors import HumanlineError
 
 
 def _head_logps(head: torch.nn.Module, softcap: float | None, hidden: torch.Tensor, labels: torch.Tensor):
-    """log p(labels) [n] (float32, or float64 for a float64 model) from hidden rows [n, H] through the LM head."""
-    logits = head(hidden)
+    """log p(labels) [n] (float32, or float64 for a float64 model) from hidden rows [n, H] through the LM head.
+
+    Under autocast (``--precision bf16-mixed``) the head runs outside it, in its weights' dtype
+    (float32 there), so the logits are not rounded to bf16 before the log-softmax."""
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        with torch.autocast(device, enabled=False):
+            logits = head(hidden.to(next(head.parameters()).dtype))
+    else:
+        logits = head(hidden)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
