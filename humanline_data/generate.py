@@ -57,11 +57,12 @@ def generate(
     top_p: float = 0.95,
     max_new_tokens: int = 512,
     seed: int = 0,
-    backend: str = "auto",
+    backend: str | Backend = "auto",
     batch_size: int = 16,
     shard_index: int = 0,
     num_shards: int = 1,
     limit: int | None = None,
+    lineage: dict | None = None,
 ) -> Path:
     """Sample ``n`` completions of each prompt of ``prompts`` (a prompts, completions or scored
     version; the latter two give their distinct prompts) with ``model`` and write them as the
@@ -69,6 +70,10 @@ def generate(
 
     ``limit`` keeps the first ``limit`` distinct prompts; then only the prompts whose id hashes
     to ``shard_index`` modulo ``num_shards`` are kept, so ``num_shards`` runs split one job.
+
+    ``backend``: a name in ``BACKENDS`` (loaded from ``model`` and closed here), or an already
+    loaded backend holding the weights of ``model`` (an online run's live engine; left open).
+    ``lineage``: more producer keys naming those weights (e.g. the training step).
     """
     params = SamplingParams(n, temperature, top_p, max_new_tokens, seed)
     _check_args(params, batch_size, shard_index, num_shards, limit)
@@ -76,7 +81,7 @@ def generate(
     table = shard(distinct_prompts(source, limit), shard_index, num_shards)
     model_path = resolve_model(model)
     identity = model_identity(model_path)
-    backend_name = resolve_backend_name(backend)
+    backend_name = resolve_backend_name(backend) if isinstance(backend, str) else backend.name
     run_params = {
         "model": str(model),
         "n": n,
@@ -103,14 +108,15 @@ def generate(
     todo = [k for k in range(len(chunks)) if not _chunk_path(work, k).is_file()]
     versions: dict[str, str] = {}
     if todo:
-        loaded = load_backend(backend_name, model_path, seed=seed)
+        loaded = load_backend(backend_name, model_path, seed=seed) if isinstance(backend, str) else backend
         try:
             versions = loaded.versions()
             work.mkdir(parents=True, exist_ok=True)
             _sample_chunks(loaded, chunks, todo, work, params, constants)
         finally:
-            loaded.close()
-    producer = {**identity, "backend": backend_name, "versions": versions}
+            if loaded is not backend:
+                loaded.close()
+    producer = {**identity, **(lineage or {}), "backend": backend_name, "versions": versions}
     stats = {"prompts": table.num_rows, "chunks": len(chunks), "resumed_chunks": len(chunks) - len(todo)}
     path = _commit(work, len(chunks), out, source, run_params, producer, stats)
     shutil.rmtree(work, ignore_errors=True)
