@@ -38,14 +38,15 @@ def weights_fingerprint(weights: dict) -> str:
 
 
 class LiveEngine:
-    """One backend for the whole run; ``backend`` samples (``humanline_data.generate.generate``
+    """One backend (``backend``: a name in ``humanline_data.backends.BACKENDS``) loaded from
+    ``model`` for the whole run; ``self.backend`` samples (``humanline_data.generate.generate``
     takes it as is), :meth:`push` swaps its weights. Not thread-safe: push only while no round
     is sampling from it (``refresh.Rounds`` pushes after the previous round's result is in)."""
 
-    def __init__(self, model: Path, seed: int = 0) -> None:
+    def __init__(self, model: Path, seed: int = 0, backend: str = "auto") -> None:
         from humanline_data.backends import load_backend
 
-        self.backend = load_backend("auto", Path(model), seed=seed)
+        self.backend = load_backend(backend, Path(model), seed=seed)
         self.lineage: dict = {"engine": "live", "step": 0}
 
     def push(self, weights: dict, step: int) -> None:
