@@ -112,11 +112,12 @@ def prompts(shared_data, tmp_path_factory) -> Path:
     return import_sources([shared_data / "gsm8k" / "train.jsonl"], tmp_path_factory.mktemp("p") / "gsm8k", limit=8)
 
 
-def _online_run(tiny_model, prompts, out: Path, engine: str, refresh_async: bool = False) -> dict[str, Path]:
-    cfg = tiny_config(None, tiny_model, out, loss="grpo", batch_size=3, max_steps=4, refresh_every=2,
-                      prompts=str(prompts), scorer=LENGTH_SCORER, refresh_prompts=2, samples=3, max_new_tokens=8,
-                      refresh_engine=engine, refresh_async=refresh_async)
-    return {k: Path(v) for k, v in json.loads((train(cfg) / "refreshes.json").read_text()).items()}
+def _online_run(tiny_model, prompts, out: Path, engine: str, hooks: dict | None = None, **settings) -> dict[str, Path]:
+    """An online GRPO run (refresh every 2 steps); its rounds' shards by round."""
+    cfg = tiny_config(None, tiny_model, out, loss="grpo", batch_size=3, refresh_every=2, prompts=str(prompts),
+                      scorer=LENGTH_SCORER, refresh_prompts=2, samples=3, max_new_tokens=8, refresh_engine=engine,
+                      **settings)
+    return {k: Path(v) for k, v in json.loads((train(cfg, hooks) / "refreshes.json").read_text()).items()}
 
 
 def test_live_engine_rounds_equal_reloaded_rounds(tiny_model, prompts, tmp_path):
@@ -136,3 +137,31 @@ def test_live_engine_rounds_equal_reloaded_rounds(tiny_model, prompts, tmp_path)
     assert Path(producer["model"]) == checkpoint.resolve()
     saved = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).state_dict()
     assert producer["weights_sha256"] == weights_fingerprint(saved)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_async_run_resumed_after_a_crash_resamples_the_lost_round_from_its_checkpoint(tiny_model, prompts, tmp_path):
+    """A crash loses the round sampling in the background; the resumed run samples it again from
+    the checkpoint it was pushed from (one-off backend) and gets the same completions."""
+    common = dict(refresh_async=True, max_steps=6, save_every=1)  # the resume starts mid-round (step 3)
+
+    def crash(step, policy):
+        if step == 3:
+            raise _Crash
+
+    whole = _online_run(tiny_model, prompts, tmp_path / "whole", "live", **common)
+    crashed = tmp_path / "crashed"
+    with pytest.raises(_Crash):
+        _online_run(tiny_model, prompts, crashed, "live", hooks={"before_step": crash}, **common)
+    assert sorted(json.loads((crashed / "refreshes.json").read_text())) == ["0", "1"]  # round 2 was in flight
+    resumed = _online_run(tiny_model, prompts, crashed, "live", resume=True, **common)
+    assert list(resumed) == list(whole) == ["0", "1", "2"]
+    for r in whole:
+        assert _completions(resumed[r])[0] == _completions(whole[r])[0]
+    lost, kept = _completions(resumed["2"])[1], _completions(whole["2"])[1]
+    assert (lost["engine"], lost["step"], kept["engine"], kept["step"]) == ("reload", 2, "live", 2)
+    assert Path(lost["model"]) == (crashed / "checkpoints" / "step-2").resolve()
+    assert lost["model_sha256"] == kept["model_sha256"]  # the same weights, saved by each run
