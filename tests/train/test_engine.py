@@ -58,8 +58,9 @@ def test_pushed_weights_sample_like_a_fresh_engine_on_their_checkpoint(start, tr
     engine.push(weights, step=7)
     fresh = load_backend(backend, folder)
     try:
-        assert greedy(engine.backend) == greedy(fresh)
-        assert greedy(engine.backend) != before  # the push changed what the engine samples
+        after = greedy(engine.backend)
+        assert after == greedy(fresh)
+        assert after != before  # the push changed what the engine samples
     finally:
         fresh.close()
         engine.close()
