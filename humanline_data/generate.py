@@ -68,12 +68,13 @@ def generate(
     top_p: float = 0.95,
     max_new_tokens: int = 512,
     seed: int = 0,
-    backend: str = "auto",
+    backend: str | Backend = "auto",
     batch_size: int = 16,
     shard_index: int = 0,
     num_shards: int = 1,
     limit: int | None = None,
     executor: Executor = Executor(),
+    lineage: dict | None = None,
 ) -> Path:
     """Sample ``n`` completions of each prompt of ``prompts`` (a prompts, completions or scored
     version; the latter two give their distinct prompts) with ``model`` and write them as the
@@ -82,6 +83,11 @@ def generate(
     ``limit`` keeps the first ``limit`` distinct prompts; then only the prompts whose id hashes
     to ``shard_index`` modulo ``num_shards`` are kept, so ``num_shards`` runs split one job.
     ``executor`` says where the chunks are sampled (see the module doc).
+
+    ``backend``: a name in ``BACKENDS`` (loaded from ``model`` by each worker), or an already
+    loaded backend holding the weights of ``model`` (an online run's live engine; local
+    executor only, left open). ``lineage``: more producer keys naming those weights (e.g. the
+    training step).
     """
     params = SamplingParams(n, temperature, top_p, max_new_tokens, seed)
     _check_args(params, batch_size, shard_index, num_shards, limit)
@@ -90,7 +96,7 @@ def generate(
     table = shard(distinct_prompts(source, limit), shard_index, num_shards)
     model_path = resolve_model(model)
     identity = model_identity(model_path)
-    backend_name = resolve_backend_name(backend)
+    backend_name = resolve_backend_name(backend) if isinstance(backend, str) else backend.name
     run_params = {
         "model": str(model),
         "n": n,
@@ -117,12 +123,18 @@ def generate(
     todo = [k for k in range(len(chunks)) if not _chunk_path(work, k).is_file()]
     if todo:
         load_tokenizer(model_path)  # a model without a chat template is refused before workers start
-    # the embedded model travels by name (each node converts its own copy), a folder by path
-    model_arg = EMBEDDED_MODEL if str(model) == EMBEDDED_MODEL else str(model_path.resolve())
-    sampler = functools.partial(ChunkSampler, model_arg, identity["model_sha256"], backend_name, params, constants)
+    if isinstance(backend, str):
+        # the embedded model travels by name (each node converts its own copy), a folder by path
+        model_arg = EMBEDDED_MODEL if str(model) == EMBEDDED_MODEL else str(model_path.resolve())
+        sampler = functools.partial(ChunkSampler.load, model_arg, identity["model_sha256"], backend_name, params, constants)
+    elif executor.name != "local":
+        raise GenerationError("a live backend samples in this process: use the local executor")
+    else:
+        sampler = functools.partial(ChunkSampler, backend, params, constants, owned=False)
     results = executors.run(executor, sampler, [(k, chunks[k]) for k in todo])
     versions = _write_chunks(results, chunks, todo, work, params)
-    producer = {**identity, "backend": backend_name, "versions": versions, "executor": executor.describe()}
+    producer = {**identity, **(lineage or {}), "backend": backend_name, "versions": versions,
+                "executor": executor.describe()}
     stats = {"prompts": table.num_rows, "chunks": len(chunks), "resumed_chunks": len(chunks) - len(todo)}
     path = _commit(work, len(chunks), out, source, run_params, producer, stats)
     shutil.rmtree(work, ignore_errors=True)
@@ -210,14 +222,19 @@ def _chunk_path(work: Path, k: int) -> Path:
 
 
 class ChunkSampler:
-    """The generate stage's worker (see :mod:`humanline_data.executors`): loads ``backend``
-    with ``model`` once and turns a chunk of prompts (prompt columns) into its completions rows
-    (all ``n`` samples of every prompt, empties included; schema ``SCHEMAS["completions"]``).
+    """The generate stage's worker (see :mod:`humanline_data.executors`): turns a chunk of prompts
+    (prompt columns) into its completions rows (all ``n`` samples of every prompt, empties
+    included; schema ``SCHEMAS["completions"]``) with ``backend``, which it closes at the end
+    when it ``owned`` it."""
 
-    ``model`` is the embedded model's name or a folder path; its content hash must equal
-    ``model_sha256`` (the driver's), so that every worker samples the driver's model."""
+    def __init__(self, backend: Backend, params: SamplingParams, constants: dict, owned: bool = True):
+        self.backend, self.params, self.constants, self.owned = backend, params, constants, owned
 
-    def __init__(self, model: str, model_sha256: str, backend: str, params: SamplingParams, constants: dict):
+    @classmethod
+    def load(cls, model: str, model_sha256: str, backend: str, params: SamplingParams, constants: dict) -> "ChunkSampler":
+        """A worker with its own ``backend`` loaded from ``model`` (the embedded model's name or a
+        folder path), whose content hash must equal ``model_sha256`` (the driver's), so that
+        every worker samples the driver's model."""
         path = resolve_model(model)
         found = model_fingerprint(path)
         if found != model_sha256:
@@ -225,8 +242,7 @@ class ChunkSampler:
                 f"model {path} here has content hash {found}, the driver's has {model_sha256}; "
                 "every worker needs the same model"
             )
-        self.params, self.constants = params, constants
-        self.backend: Backend = load_backend(backend, path, seed=params.seed)
+        return cls(load_backend(backend, path, seed=params.seed), params, constants)
 
     def __call__(self, chunk: pa.Table) -> pa.Table:
         rows = sample_chunk(self.backend, chunk, self.params, self.constants)
@@ -236,7 +252,8 @@ class ChunkSampler:
         return {"versions": self.backend.versions()}
 
     def close(self) -> None:
-        self.backend.close()
+        if self.owned:
+            self.backend.close()
 
 
 def _write_chunks(

@@ -110,11 +110,29 @@ def write_atomic(path: Path, text: str) -> None:
 def save_policy(policy: torch.nn.Module, tokenizer, target: Path, weights: dict | None = None) -> None:
     """Save ``policy`` as an HF folder (LoRA adapters merged into a copy) with its tokenizer;
     ``weights``: a state dict to write instead of the module's own (gathered from FSDP shards)."""
-    model = policy
-    if hasattr(policy, "merge_and_unload"):  # peft
-        model = copy.deepcopy(policy).merge_and_unload()
-    model.save_pretrained(target, state_dict=weights)
+    merged(policy).save_pretrained(target, state_dict=weights)
     tokenizer.save_pretrained(target)
+
+
+def merged(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` itself, or for a peft model a copy with its LoRA adapters merged into the base."""
+    return copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+def policy_weights(policy, accel) -> dict | None:
+    """The prepared policy's full HF state dict (LoRA merged into a copy; FSDP / DeepSpeed shards
+    gathered, so every process must call this) on the main process; None on the others.
+    Tensors may be the live parameters: copy them before the next optimizer step."""
+    inner = accel.unwrap_model(policy).model
+    if hasattr(inner, "merge_and_unload"):  # LoRA runs are never sharded (check_distributed)
+        return merged(inner).state_dict() if accel.is_main_process else None
+    weights = gathered_weights(policy, accel)
+    return weights if accel.is_main_process else None
+
+
+def gathered_weights(policy, accel) -> dict:
+    """``accel.get_state_dict(policy)`` with the HF model's own names (no ``model.`` prefix)."""
+    return {k.removeprefix("model."): v for k, v in accel.get_state_dict(policy).items()}
 
 
 def _optimizer_file(rank: int) -> str:
@@ -252,7 +270,7 @@ def save_run(run_dir: Path, step: int, policy, tokenizer, state: dict, reference
     """Checkpoint after ``step`` steps; every process takes part (FSDP gathers the weights to the
     main process, and sharded optimizer states are written one file per process)."""
     lora = accel.unwrap_model(policy).model if state["lora"] is not None else None
-    weights = None if lora is not None else accel.get_state_dict(policy)  # "model."-prefixed keys
+    weights = None if lora is not None else gathered_weights(policy, accel)
     staged = None
     if sharded(accel):
         staged = stage_optimizer(run_dir, step, state.pop("optimizer"), accel.process_index)
@@ -260,8 +278,6 @@ def save_run(run_dir: Path, step: int, policy, tokenizer, state: dict, reference
     accel.wait_for_everyone()
     if accel.is_main_process:
         model = lora or accel.unwrap_model(policy).model
-        if weights is not None:
-            weights = {k.removeprefix("model."): v for k, v in weights.items()}
         state["world_size"] = accel.num_processes
         save(run_dir, step, model, tokenizer, state, reference.state_dict(), weights=weights, staged=staged)
     accel.wait_for_everyone()

@@ -6,20 +6,23 @@
     out/prompts/vN       the round's prompts: rows [offset, offset + num_prompts) of the prompt
                          set, wrapping around at its end (parent: the prompt set's version)
     out/completions/vN   n samples per prompt from the policy checkpoint (generate stage;
-                         its manifest's producer names the checkpoint path and content hash)
+                         its manifest's producer names the checkpoint path and content hash,
+                         the engine, live or reload, and the training step)
     out/scored/vN        rewards (score stage)
     out/<mode>/vN        the shard: pairs, groups or unpaired (pair stage)
 
 so the shard's lineage (shard -> scored -> completions -> prompts -> prompt set) names the
-policy that sampled it. Arguments are plain values and nothing is global, so a round can run in
-another process (``--refresh-async``).
+policy that sampled it. A round samples with the run's live engine (``engine.LiveEngine``, the
+policy's weights pushed into it in memory) or, ``--refresh-engine reload``, with a backend
+loaded from the checkpoint for this round only; its arguments are then plain values, so it can
+run in another process.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -38,6 +41,8 @@ def make_shard(
     mode: str,
     sampling: SamplingParams,
     threshold: float = 0.01,
+    backend=None,
+    lineage: dict | None = None,
 ) -> Path:
     """Sample, score and pair one round with the policy at ``model_dir``; return the shard version.
 
@@ -46,7 +51,9 @@ def make_shard(
     once, when ``num_prompts`` exceeds the count). ``mode``: pairs, groups or unpaired;
     ``threshold``: the reward gap a pair needs (pairs/unpaired). Groups keep flat groups (all
     advantages 0, as TRL's GRPO does), so a round in which no sample beats another still trains
-    (KL term only) instead of ending the run with an empty shard.
+    (KL term only) instead of ending the run with an empty shard. ``backend``: a loaded backend
+    holding ``model_dir``'s weights (the live engine's), None: load one for this round;
+    ``lineage``: more producer keys of the completions (engine, step, weights fingerprint).
     """
     from humanline_data.generate import generate
     from humanline_data.pair import build
@@ -57,6 +64,7 @@ def make_shard(
     completions = generate(
         round_prompts, out / "completions", str(model_dir), n=sampling.n, temperature=sampling.temperature,
         top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens, seed=sampling.seed,
+        backend=backend or "auto", lineage=lineage,
     )
     scored = score(completions, out / "scored", scorer)
     return build(scored, out / mode, mode=mode, threshold=threshold, keep_flat=(mode == "groups"))
@@ -93,7 +101,8 @@ class Rounds:
 
     Round ``r`` starts at step ``r * refresh_every`` and trains on prompts
     ``[r * refresh_prompts, (r + 1) * refresh_prompts)``, sampled with the policy at its start
-    (or, ``refresh_async``, with the policy one refresh earlier while the previous round trains).
+    (or, ``refresh_async``, with the policy one refresh earlier while the previous round trains:
+    in a thread of this process with the live engine, in a spawned process with ``reload``).
     Each round's shard is recorded in ``refreshes.json`` so a resumed run reuses it. The main
     process samples; the others read its record.
     """
@@ -104,11 +113,14 @@ class Rounds:
         self.config, self.run_dir, self.model_path, self.accel = config, run_dir, model_path, accel
         self.checkpoint = checkpoint
         self.pending: dict[int, Future] = {}
-        self.pool: ProcessPoolExecutor | None = None
+        self.pool: Executor | None = None
+        self.engine = None  # live: the run's LiveEngine, loaded from model_path at the first round sampled
 
-    def shard_for_round(self, round_index: int, step: int, policy_dir: Path, last_round: bool = False) -> Path:
+    def shard_for_round(self, round_index: int, step: int, policy_dir: Path, last_round: bool = False,
+                        weights: dict | None = None) -> Path:
         """The shard of round ``round_index`` (starting at ``step``; ``policy_dir`` holds the policy
-        at ``step``); starts sampling the next round in the background when async and not ``last_round``."""
+        at ``step``, ``weights`` its state dict for the live engine, None while it is the initial
+        model); starts sampling the next round in the background when async and not ``last_round``."""
         online = self.config.online
         if not self.accel.is_main_process:
             self.accel.wait_for_everyone()
@@ -119,40 +131,62 @@ class Rounds:
         elif round_index in self.pending:
             shard = self.pending.pop(round_index).result()
         elif online.refresh_async and round_index > 0:  # resumed: the background round was lost
-            previous = step - online.refresh_every
+            previous = step - online.refresh_every  # its policy is only on disk now: load it for this round
             source = self.checkpoint.checkpoint_dir(self.run_dir, previous) if previous > 0 else self.model_path
-            shard = make_shard(**self._arguments(source, round_index))
+            shard = make_shard(**self._arguments(source, round_index, previous))
         else:
-            shard = make_shard(**self._arguments(policy_dir, round_index))
+            shard = make_shard(**self._sampling(round_index, step, policy_dir, weights))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint.record_refresh(self.run_dir, round_index, shard)
         if online.refresh_async and not last_round and round_index + 1 not in recorded:
-            self.prefetch(round_index + 1, policy_dir)
+            self.prefetch(round_index + 1, policy_dir, step, weights)
         self.accel.wait_for_everyone()
         return shard
 
-    def next_segment(self, data: dict, step: int, policy_dir: Path, total: int) -> dict:
-        """The data position of the round that starts at ``step`` (``policy_dir``: the policy then)."""
+    def next_segment(self, data: dict, step: int, policy_dir: Path, total: int, weights: dict | None = None) -> dict:
+        """The data position of the round that starts at ``step`` (``policy_dir``, ``weights``: the policy then)."""
         round_index = data["round"] + 1
         last = step + self.config.online.refresh_every >= total
-        shard = self.shard_for_round(round_index, step, policy_dir, last)
+        shard = self.shard_for_round(round_index, step, policy_dir, last, weights)
         return {"shard": str(shard), "segment_start": step, "round": round_index}
 
-    def prefetch(self, round_index: int, model_dir: Path) -> None:
-        """Start sampling round ``round_index`` with the policy at ``model_dir`` in another process."""
+    def prefetch(self, round_index: int, model_dir: Path, step: int = 0, weights: dict | None = None) -> None:
+        """Start sampling round ``round_index`` with the policy at ``step`` (``model_dir``,
+        ``weights``: see :meth:`shard_for_round`) in the background."""
+        arguments = self._sampling(round_index, step, model_dir, weights)  # pushes now, before training goes on
         if self.pool is None:
-            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        self.pending[round_index] = self.pool.submit(make_shard, **self._arguments(model_dir, round_index))
+            live = self.config.online.refresh_engine == "live"
+            self.pool = ThreadPoolExecutor(max_workers=1) if live else \
+                ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self.pending[round_index] = self.pool.submit(make_shard, **arguments)
 
-    def _arguments(self, model_dir: Path, round_index: int) -> dict:
+    def _sampling(self, round_index: int, step: int, model_dir: Path, weights: dict | None) -> dict:
+        """make_shard's arguments for a round sampled with the policy at ``step``; live: with the
+        run's engine, into which ``weights`` are pushed first (None: it still holds the initial model)."""
+        arguments = self._arguments(model_dir, round_index, step)
+        if self.config.online.refresh_engine == "live":
+            from humanline_train.engine import LiveEngine
+
+            if self.engine is None:
+                self.engine = LiveEngine(self.model_path, seed=self.config.data.seed)
+            if weights is not None:
+                self.engine.push(weights, step)
+            arguments.update(backend=self.engine.backend, lineage=self.engine.lineage)
+        return arguments
+
+    def _arguments(self, model_dir: Path, round_index: int, step: int) -> dict:
+        """make_shard's arguments for a round sampled by a backend loaded from ``model_dir``."""
         config, online = self.config, self.config.online
         return dict(
             model_dir=Path(model_dir), prompts=online.prompts, offset=round_index * online.refresh_prompts,
             num_prompts=online.refresh_prompts, out=self.run_dir / "shards", scorer=online.scorer,
             mode=online.pair_mode or config.objective_class.shard_kinds[0],
             sampling=dataclasses.replace(online.sampling, seed=config.data.seed + round_index),
+            lineage={"engine": "reload", "step": step},
         )
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.engine is not None:
+            self.engine.close()

@@ -83,6 +83,9 @@ class OnlineSettings:
     pair_mode: str | None = opt(None, "Online: shard kind to build (default: the objective's).",
                                 choices=("pairs", "groups", "unpaired"), type=str)
     refresh_async: bool = opt(False, "Online: sample the next shard while training (staleness 1).")
+    refresh_engine: str = opt("live", "Online: live = one sampling engine for the whole run, the policy's weights pushed "
+                              "into it at each refresh; reload = a fresh engine loaded from the checkpoint each round.",
+                              choices=("live", "reload"))
     refresh_prompts: int = opt(1024, "Online: prompts per round.")
     sampling: SamplingParams = field(default_factory=SamplingParams)
 

@@ -112,7 +112,10 @@ def train(config: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
                 if schedule.refresh_due(step):
                     if not checkpoint.has_checkpoint(run_dir, step):
                         save()
-                    data = rounds.next_segment(data, step, checkpoint.checkpoint_dir(run_dir, step), total)
+                    live = config.online.refresh_engine == "live"  # the weights to push (every process gathers)
+                    weights = checkpoint.policy_weights(policy, accel) if live else None
+                    data = rounds.next_segment(data, step, checkpoint.checkpoint_dir(run_dir, step), total, weights)
+                    del weights  # a LoRA run's merged copy
                     stream = StepStream(make_loader(config, data["shard"], tokenizer, accel))
                     schedule.segment_start = step
                 times = dict.fromkeys(("forward", "backward", "reference", "sync"), 0.0)

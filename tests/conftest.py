@@ -49,7 +49,11 @@ def make_tiny_model(path: Path, seed: int = 0, layers: int = 2, hidden: int = 64
         eos_token_id=2,
         pad_token_id=2,
     )
-    model = LlamaForCausalLM(config).to(torch.float32)
+    return save_with_tokenizer(LlamaForCausalLM(config).to(torch.float32), path)
+
+
+def save_with_tokenizer(model, path: Path) -> Path:
+    """Save ``model`` at ``path`` with the SmolLM2 tokenizer files; return ``path``."""
     model.save_pretrained(path)
     for f in TOKENIZER_DIR.iterdir():
         shutil.copy(f, path / f.name)

@@ -65,6 +65,10 @@ class Backend(Protocol):
     ) -> list[list[Sample]]:
         """``len(seeds[i])`` samples of each prompt ``i``, in the order of ``seeds[i]``."""
 
+    def load_weights(self, weights: dict) -> None:
+        """Replace the model's weights in memory by ``weights`` (HF parameter name -> tensor, the
+        model's architecture; LoRA already merged); the tensors are copied, the caller keeps them."""
+
     def close(self) -> None:
         """Release the model and any engine processes (the backend is unusable afterwards)."""
 

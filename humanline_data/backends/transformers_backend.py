@@ -93,6 +93,11 @@ class TransformersBackend:
     def close(self) -> None:
         self.model = None
 
+    @torch.no_grad()
+    def load_weights(self, weights: dict) -> None:
+        """Copy ``weights`` into the loaded model (every parameter and buffer named, none unknown)."""
+        self.model.load_state_dict(weights, strict=True)
+
     @torch.inference_mode()
     def generate(
         self, prompts: list[list[dict]], seeds: list[list[int]], params: SamplingParams

@@ -14,6 +14,8 @@ import json
 import os
 from pathlib import Path
 
+import torch
+
 from humanline_data.backends import Sample, SamplingParams, prompt_token_ids, regroup
 from humanline_data.models import cache_dir
 
@@ -22,8 +24,6 @@ CPU_KV_CACHE_GIB = "2"  # VLLM_CPU_KVCACHE_SPACE default when unset (vLLM's own 
 
 
 def _cpu_only() -> bool:
-    import torch
-
     return not torch.cuda.is_available()
 
 
@@ -57,11 +57,11 @@ class VLLMBackend:
             dtype="float32" if cpu else "auto",
             max_model_len=_max_model_len(self.path),
             logprobs_mode="processed_logprobs",
+            worker_extension_cls=f"{__name__}.WeightReceiver",
         )
         self.tokenizer = self.llm.get_tokenizer()
 
     def versions(self) -> dict[str, str]:
-        import torch
         import vllm
 
         return {"vllm": vllm.__version__, "torch": torch.__version__}
@@ -71,6 +71,17 @@ class VLLMBackend:
         that generates round after round (online refresh) does not pile up engines."""
         self.llm.llm_engine.engine_core.shutdown()
         self.llm = None
+
+    def load_weights(self, weights: dict) -> None:
+        """Copy ``weights`` into the engine's model in place (:class:`WeightReceiver`, in the
+        worker process), cast to the engine's dtype, and drop the prefix cache, whose KV entries
+        hold the old weights' keys and values."""
+        dtype = self.llm.llm_engine.vllm_config.model_config.dtype
+        packed = [(name, str(dtype).removeprefix("torch."), list(t.shape),
+                   t.detach().to("cpu", dtype).contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+                  for name, t in weights.items()]
+        self.llm.collective_rpc("receive_weights", args=(packed,))
+        self.llm.reset_prefix_cache()
 
     def generate(
         self, prompts: list[list[dict]], seeds: list[list[int]], params: SamplingParams
@@ -95,6 +106,19 @@ class VLLMBackend:
                 )
         outputs = self.llm.generate(requests, sampling, use_tqdm=False) if requests else []
         return regroup([_sample(o.outputs[0]) for o in outputs], seeds)
+
+
+class WeightReceiver:
+    """Mixed into vLLM's worker class (``LLM(worker_extension_cls=...)``, vLLM's documented hook
+    for weight updates): ``receive_weights`` loads pushed weights with the worker's own in-place
+    ``reload_weights``. They travel as raw bytes because tensors in an RPC's arguments reach the
+    worker as nested lists."""
+
+    def receive_weights(self, packed: list) -> None:
+        """``packed``: (HF name, torch dtype name, shape, little-endian bytes) per tensor."""
+        weights = [(name, torch.frombuffer(bytearray(data), dtype=torch.uint8).view(getattr(torch, dtype)).reshape(shape))
+                   for name, dtype, shape, data in packed]
+        self.reload_weights(weights_iterator=weights)
 
 
 def _max_model_len(model: Path) -> int:

@@ -84,7 +84,7 @@ def test_worker_error_on_ray_is_one_line_and_writes_nothing(ray_cluster, tmp_pat
 
 def test_worker_that_cannot_start_fails_the_run_with_its_error(ray_cluster, tiny_model):
     """A node whose model differs from the driver's (here: the driver's hash is made up)."""
-    sampler = functools.partial(ChunkSampler, str(tiny_model), "0" * 16, "transformers", SamplingParams(), {})
+    sampler = functools.partial(ChunkSampler.load, str(tiny_model), "0" * 16, "transformers", SamplingParams(), {})
     pieces = [(k, pa.table({"prompt_id": [f"p{k}"]})) for k in range(2)]
     with pytest.raises(GenerationError, match=r"has content hash [0-9a-f]{16}, the driver's has 0{16}; every worker"):
         list(executors.run(RAY, sampler, pieces))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from humanline_data.backends import SamplingParams
 from humanline_data.errors import HumanlineError
 from humanline_data.importers import import_sources
 from humanline_data.models import model_fingerprint
@@ -27,7 +28,7 @@ def gsm8k(tmp_path_factory, shared_data) -> Path:
 
 def _round(model, prompts, out, scorer, mode, offset=0, num_prompts=2, n=3):
     return dict(model_dir=Path(model), prompts=str(prompts), offset=offset, num_prompts=num_prompts, out=Path(out),
-                scorer=scorer, mode=mode, n=n, temperature=0.7, top_p=0.95, max_new_tokens=8, seed=5)
+                scorer=scorer, mode=mode, sampling=SamplingParams(n=n, temperature=0.7, top_p=0.95, max_new_tokens=8, seed=5))
 
 
 def _parent(version) -> Path:
@@ -104,6 +105,6 @@ def test_bad_slice_is_one_line_error_and_writes_nothing(gsm8k, tmp_path, offset,
     out = tmp_path / "r"
     with pytest.raises(HumanlineError, match=message):
         make_shard(model_dir=tmp_path / "unused", prompts=str(gsm8k), offset=offset, num_prompts=count, out=out,
-                   scorer="math", mode="pairs", n=2, temperature=0.7, top_p=0.95, max_new_tokens=8, seed=0)
+                   scorer="math", mode="pairs", sampling=SamplingParams(n=2, max_new_tokens=8))
     assert not out.exists()
     assert len(list_versions(gsm8k.parent)) == 1

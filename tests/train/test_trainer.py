@@ -118,6 +118,7 @@ def test_bad_inputs_fail_with_one_line_and_leave_earlier_run(shards, tiny_model,
         "no tokenizer": (with_(model=models["no_tokenizer"], out=fresh), "tokenizer"),
         "no chat template": (with_(model=models["no_template"], out=fresh), "no chat template"),
         "missing model": (with_(model=tmp_path / "nowhere", out=fresh), "not found"),
+        "unknown refresh engine": (with_(refresh_engine="warm", out=fresh), "'--refresh-engine': 'warm' is not one of"),
         "out exists": (good, "already exists"),
         "resume, other settings": (with_(lr=0.5) + ["--resume", str(run)], "settings differ"),
         "resume, not a run": (with_(out=tmp_path) + ["--resume", str(tmp_path)], "not a run directory"),
@@ -136,16 +137,17 @@ def test_bad_inputs_fail_with_one_line_and_leave_earlier_run(shards, tiny_model,
 LENGTH_SCORER = f"python:{Path(__file__).resolve().parents[1] / 'fixtures' / 'user_scorer.py'}:length_reward"
 
 
-@pytest.mark.parametrize("refresh_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("refresh_async, engine", [(False, "live"), (True, "live"), (True, "reload")],
+                         ids=["sync", "async", "async-reload"])
 def test_online_refresh_samples_from_the_checkpoint_and_resets_the_reference(shared_data, tiny_model, tmp_path,
-                                                                             refresh_async):
+                                                                             refresh_async, engine):
     from humanline_data.importers import import_sources
     from humanline_data.store import open_version
 
     prompts = import_sources([shared_data / "gsm8k" / "train.jsonl"], tmp_path / "prompts", limit=8)
     cfg = tiny_config(None, tiny_model, tmp_path / "run", loss="grpo", batch_size=3, max_steps=4, refresh_every=2,
                       prompts=str(prompts), scorer=LENGTH_SCORER, refresh_prompts=2, samples=3, max_new_tokens=8,
-                      refresh_async=refresh_async)
+                      refresh_async=refresh_async, refresh_engine=engine)
     seen = {}
     run = train(cfg, {"reference": lambda step, i, batch, ref, pol: seen.__setitem__(step, (ref[0], pol[0]))})
     rounds = json.loads((run / "refreshes.json").read_text())
@@ -153,8 +155,9 @@ def test_online_refresh_samples_from_the_checkpoint_and_resets_the_reference(sha
 
     def sampler(shard):  # shard -> scored -> completions, whose producer is the sampling policy
         scored = open_version(Path(open_version(shard).manifest["parents"][0]["path"]))
-        completions = open_version(Path(scored.manifest["parents"][0]["path"]))
-        return Path(completions.manifest["producer"]["model"]).resolve()
+        producer = open_version(Path(scored.manifest["parents"][0]["path"])).manifest["producer"]
+        assert producer["engine"] == engine
+        return Path(producer["model"]).resolve()
 
     assert sampler(rounds["0"]) == tiny_model.resolve()
     # sync: the policy at the refresh (step 2); async: the one a refresh earlier (the initial model)
