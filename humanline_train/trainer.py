@@ -33,7 +33,7 @@ from humanline_data.models import resolve_model
 from humanline_train import checkpoint
 from humanline_train.batches import ShardLoader, Step, StepStream, open_shards
 from humanline_train.logprobs import LogprobModel
-from humanline_train.policy import load_policy, make_accelerator, make_optimizer, resolve_precision
+from humanline_train.policy import load_policy, make_accelerator, make_optimizer, resolve_layout, resolve_precision
 from humanline_train.reference import make_reference
 from humanline_train.refresh import Rounds
 from humanline_train.run_log import RunLog, step_row
@@ -77,7 +77,8 @@ def train(config: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
     weights = resume_from if resume_from and not config.model.lora_r else model_path  # LoRA: base + saved adapters
     # on CPU, forwards of <= max_length padded tokens (length-sorted) waste less on padding than one wide forward
     forward_tokens = config.data.max_length if accel.device.type == "cpu" else None
-    policy = LogprobModel(load_policy(weights, config, state.get("lora")).to(accel.device), forward_tokens=forward_tokens)
+    policy = LogprobModel(load_policy(weights, config, state.get("lora")).to(accel.device), forward_tokens=forward_tokens,
+                          layout=config.model.layout)
     optimizer, scheduler = make_optimizer(policy, config, total)
     schedule = SyncSchedule(total, config.humanline.sync, config.humanline.sync_k, config.online.refresh_every,
                             update_in_backward=accel.distributed_type == DistributedType.DEEPSPEED,
@@ -270,6 +271,7 @@ def check_config(config: TrainConfig) -> None:
         if getattr(getattr(config, section), name) < 1:
             raise HumanlineError(f"--{name.replace('_', '-')} must be at least 1")
     config.model.precision = resolve_precision(config.model.precision)
+    config.model.layout = resolve_layout(config.model.layout)
     if config.resume:
         check_pinned_shards(config)
     else:

@@ -155,3 +155,15 @@ def test_training_imports_no_data_plane_engine():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[2], timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("loss", ["dpo", "grpo"])
+def test_packed_layout_trains_like_padded(rows, tiny_model, tmp_path, loss):
+    """Padding-free packed micro-batches (each distinct prompt once, document-masked attention)
+    give the padded run's per-step losses."""
+    shards = write(tmp_path / "pairs", "pairs", rows)
+    runs = {layout: losses_of(train(tiny_config(shards, tiny_model, tmp_path / layout, loss=loss, layout=layout,
+                                                 max_steps=3)))
+            for layout in ("padded", "packed")}
+    assert runs["packed"] == pytest.approx(runs["padded"], abs=1e-5)
+    assert json.loads((tmp_path / "packed" / "settings.json").read_text())["model"]["layout"] == "packed"
