@@ -72,3 +72,23 @@ def embedded_model() -> Path:
     from humanline_data.models import EMBEDDED_MODEL, resolve_model
 
     return resolve_model(EMBEDDED_MODEL)
+
+
+def rows_batch(rows: list[tuple[int, int]], prompt_lengths: list[int], seed: int, pad_id: int = 2):
+    """Right-padded (input_ids, attention_mask, completion_mask) of ``rows`` = (prompt index,
+    completion length); rows naming the same prompt index share its random tokens."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(3, 49152, (n,), generator=g) for n in prompt_lengths]
+    T = max(len(prompts[p]) + c for p, c in rows) + 2
+    input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    attention = torch.zeros(len(rows), T, dtype=torch.long)
+    completion = torch.zeros(len(rows), T, dtype=torch.bool)
+    for r, (p, c) in enumerate(rows):
+        n = len(prompts[p])
+        input_ids[r, :n] = prompts[p]
+        input_ids[r, n : n + c] = torch.randint(3, 49152, (c,), generator=g)
+        attention[r, : n + c] = 1
+        completion[r, n : n + c] = True
+    return input_ids, attention, completion

@@ -9,6 +9,8 @@ from transformers import AutoModelForCausalLM
 from humanline_data.errors import HumanlineError
 from humanline_train.logprobs import completion_logprobs
 
+from conftest import rows_batch
+
 
 @pytest.fixture(scope="module")
 def model(tiny_model):
@@ -140,20 +142,7 @@ def test_bad_inputs_are_one_line_errors(model):
 def _shared_prompt_batch(pad_id=2):
     """DPO-like rows: prompts 0, 1, 2 (lengths 3, 5, 2), then prompt 0, 1, 2 again with other
     completions, plus a row with a prompt of its own; right-padded."""
-    g = torch.Generator().manual_seed(7)
-    prompts = [torch.randint(3, 49152, (n,), generator=g) for n in (3, 5, 2, 4)]
-    rows = [(0, 4), (1, 1), (2, 6), (0, 2), (1, 7), (2, 3), (3, 2)]  # (prompt, completion length)
-    T = max(len(prompts[p]) + c for p, c in rows) + 1
-    input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    attention = torch.zeros(len(rows), T, dtype=torch.long)
-    completion = torch.zeros(len(rows), T, dtype=torch.bool)
-    for r, (p, c) in enumerate(rows):
-        n = len(prompts[p])
-        input_ids[r, :n] = prompts[p]
-        input_ids[r, n : n + c] = torch.randint(3, 49152, (c,), generator=g)
-        attention[r, : n + c] = 1
-        completion[r, n : n + c] = True
-    return input_ids, attention, completion
+    return rows_batch([(0, 4), (1, 1), (2, 6), (0, 2), (1, 7), (2, 3), (3, 2)], [3, 5, 2, 4], seed=7, pad_id=pad_id)
 
 
 def test_shared_prompts_give_the_full_log_softmax_values_and_the_same_gradients(tiny_model):

@@ -9,30 +9,14 @@ from transformers import AutoModelForCausalLM
 from humanline_data.errors import HumanlineError
 from humanline_train.logprobs import LogprobModel, completion_logprobs, pack_rows
 
-
-def _rows_batch(rows: list[tuple[int, int]], prompt_lengths: list[int], seed: int, pad_id: int = 2):
-    """Right-padded (input_ids, attention_mask, completion_mask) of ``rows`` = (prompt index,
-    completion length); rows naming the same prompt index share its random tokens."""
-    g = torch.Generator().manual_seed(seed)
-    prompts = [torch.randint(3, 49152, (n,), generator=g) for n in prompt_lengths]
-    T = max(len(prompts[p]) + c for p, c in rows) + 2
-    input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    attention = torch.zeros(len(rows), T, dtype=torch.long)
-    completion = torch.zeros(len(rows), T, dtype=torch.bool)
-    for r, (p, c) in enumerate(rows):
-        n = len(prompts[p])
-        input_ids[r, :n] = prompts[p]
-        input_ids[r, n : n + c] = torch.randint(3, 49152, (c,), generator=g)
-        attention[r, : n + c] = 1
-        completion[r, n : n + c] = True
-    return input_ids, attention, completion
+from conftest import rows_batch
 
 
 BATCHES = {
     # chosen_0..2 then rejected_0..2 (prompts repeat once each) and a row with a prompt of its own
-    "dpo-pairs": lambda: _rows_batch([(0, 4), (1, 1), (2, 6), (0, 2), (1, 7), (2, 3), (3, 2)], [3, 5, 2, 4], 7),
-    "grpo-group": lambda: _rows_batch([(0, 5), (0, 2), (0, 7), (0, 1)], [6], 8),
-    "unshared": lambda: _rows_batch([(0, 4), (1, 1), (2, 6)], [3, 5, 2], 9),
+    "dpo-pairs": lambda: rows_batch([(0, 4), (1, 1), (2, 6), (0, 2), (1, 7), (2, 3), (3, 2)], [3, 5, 2, 4], 7),
+    "grpo-group": lambda: rows_batch([(0, 5), (0, 2), (0, 7), (0, 1)], [6], 8),
+    "unshared": lambda: rows_batch([(0, 4), (1, 1), (2, 6)], [3, 5, 2], 9),
 }
 
 
@@ -135,7 +119,7 @@ def test_packed_row_holds_no_padding_and_each_prompt_once():
 
 
 def test_packed_mask_lets_a_completion_see_its_prompt_and_itself_only():
-    ids, _, completion = _rows_batch([(0, 2), (0, 1), (1, 1)], [2, 1], 3)
+    ids, _, completion = rows_batch([(0, 2), (0, 1), (1, 1)], [2, 1], 3)
     packed = pack_rows(ids, completion, [[0, 1], [2]], [2, 2, 1], [4, 3, 2])
     # packed: p0 p0 | a a | b || q | c   (prompt 0, its completions a and b; prompt 1, its completion c)
     want = torch.tensor([
