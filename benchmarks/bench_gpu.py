@@ -315,7 +315,8 @@ def measure(args) -> None:
             command = [sys.executable, __file__, "ours", "--memory-out", str(result_file), "--",
                        "--shards", str(shards), "--loss", loss, "--model", str(model), "--out", str(run_dir),
                        "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-                       "--max-steps", str(args.steps), *(["--precision", args.precision] if args.precision else []), *flags]
+                       "--max-steps", str(args.steps), *(["--precision", args.precision] if args.precision else []),
+                       "--layout", args.layout, *flags]
         else:
             rows_file = work / f"trl-rows-{loss}.json"
             rows_file.write_text(json.dumps(trl_rows(shards, loss, tokenizer, args.batch_size, args.max_length, args.steps)))
@@ -390,6 +391,7 @@ def main() -> None:
     r.add_argument("--tiny", action="store_true", help="CPU smoke settings: --size tiny, 3 steps of 2 pairs, 256 tokens")
     r.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     r.add_argument("--precision", default="bf16-mixed", help="passed to humanline-train; TRL: bf16 unless fp32 ('' passes none)")
+    r.add_argument("--layout", choices=("padded", "packed"), default="packed", help="passed to humanline-train")
     r.add_argument("--steps", type=int, default=8)
     r.add_argument("--batch-size", type=int, default=8, help="pairs (DPO) / examples (KTO, GRPO) per step")
     r.add_argument("--max-length", type=int, default=1024)

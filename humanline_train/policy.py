@@ -24,14 +24,6 @@ def resolve_precision(precision: str) -> str:
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def resolve_layout(layout: str) -> str:
-    """``auto`` -> ``packed`` on a GPU (flex attention), ``padded`` on CPU (length-sorted row
-    groups already waste little there, and a dense packed mask grows with the square of the row)."""
-    if layout != "auto":
-        return layout
-    return "packed" if torch.cuda.is_available() else "padded"
-
-
 def make_accelerator(config: TrainConfig):
     """The run's Accelerator. Its state is a per-process singleton fixed at first use; it is
     re-made per run so that runs of other precisions can follow each other in one process
@@ -58,7 +50,7 @@ def load_policy(weights: Path, config: TrainConfig, lora_state: dict | None) -> 
 
     dtype = torch.bfloat16 if resolve_precision(config.model.precision) == "bf16" else torch.float32
     # packed rows need a document mask: flex attention's block mask on a GPU, the default (sdpa) elsewhere
-    flex = resolve_layout(config.model.layout) == "packed" and torch.cuda.is_available()
+    flex = config.model.layout == "packed" and torch.cuda.is_available()
     model = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype, **({"attn_implementation": "flex_attention"} if flex else {}))
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()

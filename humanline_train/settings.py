@@ -23,7 +23,7 @@ from humanline_data.models import EMBEDDED_MODEL
 from humanline_train import objectives
 
 PRECISIONS = ("auto", "fp32", "bf16-mixed", "bf16")
-LAYOUTS = ("auto", "padded", "packed")
+LAYOUTS = ("padded", "packed")
 
 
 def opt(default: Any, help: str, **extra) -> Any:
@@ -37,8 +37,8 @@ class ModelSettings:
     model: str = opt(EMBEDDED_MODEL, "Embedded model name or local HF folder.")
     precision: str = opt("auto", "auto: bf16-mixed on a GPU with bf16, fp32 elsewhere (bf16 distorts log-ratios on CPU).",
                          choices=PRECISIONS)
-    layout: str = opt("auto", "Micro-batch layout: packed = padding-free rows with document-masked attention (flex "
-                      "attention on a GPU); auto: packed on a GPU, padded (length-sorted row groups) on CPU.",
+    layout: str = opt("padded", "Micro-batch layout: padded rows (length-sorted groups on CPU), or packed = one "
+                      "padding-free row, each prompt once, document-masked attention (flex attention on a GPU).",
                       choices=LAYOUTS)
     lora_r: int = opt(0, "LoRA rank (0: full fine-tuning).")
     gradient_checkpointing: bool = opt(False, "Recompute activations in backward (less memory).")

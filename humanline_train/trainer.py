@@ -33,7 +33,7 @@ from humanline_data.models import resolve_model
 from humanline_train import checkpoint
 from humanline_train.batches import ShardLoader, Step, StepStream, open_shards
 from humanline_train.logprobs import LogprobModel
-from humanline_train.policy import load_policy, make_accelerator, make_optimizer, resolve_layout, resolve_precision
+from humanline_train.policy import load_policy, make_accelerator, make_optimizer, resolve_precision
 from humanline_train.reference import make_reference
 from humanline_train.refresh import Rounds
 from humanline_train.run_log import RunLog, step_row
@@ -271,7 +271,6 @@ def check_config(config: TrainConfig) -> None:
         if getattr(getattr(config, section), name) < 1:
             raise HumanlineError(f"--{name.replace('_', '-')} must be at least 1")
     config.model.precision = resolve_precision(config.model.precision)
-    config.model.layout = resolve_layout(config.model.layout)
     if config.resume:
         check_pinned_shards(config)
     else:

@@ -20,10 +20,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_gpu_tiny_on_cpu(tmp_path, shared_data):
     if importlib.util.find_spec("trl") is None:
         pytest.skip("trl is not installed (the benchmark's TRL contenders need it)")
-    from humanline_train.cli import main
-
-    if "--precision" not in CliRunner().invoke(main, ["train", "--help"]).output:
-        pytest.skip("humanline-train has no --precision option yet")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "run", "--tiny", "--device", "cpu",
