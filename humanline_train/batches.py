@@ -170,6 +170,10 @@ class ShardLoader:
         self.eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
 
+    def reopened(self) -> "ShardLoader":
+        """A fresh loader over the same (already checked) version and settings, from its start."""
+        return dataclasses.replace(self, shards=self.version, truncation=Truncation())
+
     @property
     def rows(self) -> int:
         return int(self.version.manifest["rows"])

@@ -48,7 +48,7 @@ def train(config: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
     batch, ref_parts, policy_parts)`` per micro-batch, ``before_step(step, policy)`` right
     before ``optimizer.step()``."""
     hooks = hooks or {}
-    check_config(config)
+    pinned = check_config(config)  # the shard version, opened and checked once
     accel = make_accelerator(config)
     check_distributed(config, accel)
     run_dir = Path(config.out)
@@ -68,7 +68,8 @@ def train(config: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
         data["shard"] = str(rounds.shard_for_round(0, step, model_path, config.online.refresh_every >= config.data.max_steps))
     elif config.online.refresh_async and step == 0 and config.online.refresh_every < config.data.max_steps and accel.is_main_process:
         rounds.prefetch(1, model_path)  # round 1 samples from the initial model while round 0 trains
-    loader = make_loader(config, data["shard"], tokenizer, accel)
+    first = pinned if pinned is not None and data["shard"] == config.data.shards else data["shard"]
+    loader = make_loader(config, first, tokenizer, accel)
     stream = StepStream(loader, step - data["segment_start"])
     total = planned_steps(config, loader)
     if not stream.peek(1):
@@ -88,7 +89,7 @@ def train(config: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
             train_micro_batch_size_per_gpu=config.data.batch_size, gradient_accumulation_steps=config.data.grad_accum,
             gradient_clipping=config.optimizer.max_grad_norm)
     policy, optimizer = accel.prepare(policy, optimizer)
-    whole_run = lambda: StepStream(make_loader(config, data["shard"], tokenizer, accel), step).drain(step, total - step)  # noqa: E731
+    whole_run = lambda: StepStream(loader.reopened(), step).drain(step, total - step)  # noqa: E731
     reference = make_reference(config, policy, accel, model_path, whole_run, resumed=resume_from is not None)
     if resume_from:
         checkpoint.restore(resume_from, state, reference_state, optimizer, scheduler, reference, accel, run_dir)
@@ -224,23 +225,25 @@ def planned_steps(config: TrainConfig, loader: ShardLoader) -> int:
     return min(planned, config.data.max_steps) if config.data.max_steps else planned
 
 
-def pin_shards(config: TrainConfig) -> None:
+def pin_shards(config: TrainConfig):
     """A new run names its shard version exactly: a dataset folder resolves to its newest
-    version, and the version's manifest sha256 is recorded (a resume trains on exactly it)."""
+    version, and the version's manifest sha256 is recorded (a resume trains on exactly it).
+    Returns the opened, checked version (None without shards)."""
     if config.data.shards is None:
-        return
+        return None
     version = open_shards(config.data.shards, config.objective_class)
     config.data.shards = str(Path(version.path).resolve())
     config.data.shards_manifest_sha256 = version.parent_ref()["manifest_sha256"]
+    return version
 
 
-def check_pinned_shards(config: TrainConfig) -> None:
+def check_pinned_shards(config: TrainConfig):
     """A resumed run trains on the version it pinned (named again as that version or its dataset
-    folder, or not at all); it must still be there, unchanged."""
+    folder, or not at all); it must still be there, unchanged. Returns the opened version."""
     data = config.data
     pinned = checkpoint.read_settings(Path(config.out)).get("data", {})
     if pinned.get("shards") is None:
-        return
+        return None
     if data.shards is None or Path(data.shards).resolve() in (Path(pinned["shards"]), Path(pinned["shards"]).parent):
         data.shards, data.shards_manifest_sha256 = pinned["shards"], pinned["shards_manifest_sha256"]
     if not Path(data.shards).is_dir():
@@ -252,9 +255,12 @@ def check_pinned_shards(config: TrainConfig) -> None:
     if version.parent_ref()["manifest_sha256"] != data.shards_manifest_sha256:
         raise HumanlineError(f"--resume: the run's shard version {data.shards} changed since the run started "
                              f"(manifest sha256 {data.shards_manifest_sha256} expected)")
+    return version
 
 
-def check_config(config: TrainConfig) -> None:
+def check_config(config: TrainConfig):
+    """Refuse bad settings with one line; resolve precision; pin (or, resuming, re-check) the
+    shard version and return it opened (None for an online run without shards)."""
     online, data, hl = config.online, config.data, config.humanline
     if online.refresh_every:
         missing = [f for f, v in (("--prompts", online.prompts), ("--scorer", online.scorer), ("--max-steps", data.max_steps)) if not v]
@@ -271,10 +277,7 @@ def check_config(config: TrainConfig) -> None:
         if getattr(getattr(config, section), name) < 1:
             raise HumanlineError(f"--{name.replace('_', '-')} must be at least 1")
     config.model.precision = resolve_precision(config.model.precision)
-    if config.resume:
-        check_pinned_shards(config)
-    else:
-        pin_shards(config)
+    return check_pinned_shards(config) if config.resume else pin_shards(config)
 
 
 def check_distributed(config: TrainConfig, accel) -> None:
