@@ -19,7 +19,6 @@ run leaves only whole checkpoints.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import random
@@ -108,24 +107,42 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def save_policy(policy: torch.nn.Module, tokenizer, target: Path, weights: dict | None = None) -> None:
-    """Save ``policy`` as an HF folder (LoRA adapters merged into a copy) with its tokenizer;
+    """Save ``policy`` as an HF folder (LoRA adapters merged: :func:`merged_weights`) with its tokenizer;
     ``weights``: a state dict to write instead of the module's own (gathered from FSDP shards)."""
-    merged(policy).save_pretrained(target, state_dict=weights)
+    if is_lora(policy):
+        policy, weights = policy.get_base_model(), merged_weights(policy)
+    policy.save_pretrained(target, state_dict=weights)
     tokenizer.save_pretrained(target)
 
 
-def merged(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` itself, or for a peft model a copy with its LoRA adapters merged into the base."""
-    return copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model
+def is_lora(model: torch.nn.Module) -> bool:
+    return hasattr(model, "merge_and_unload")
+
+
+def merged_weights(model: torch.nn.Module) -> dict:
+    """The HF state dict of a peft LoRA ``model`` with each adapter's delta added to its base
+    weight (``W + scale * B @ A``), computed tensor by tensor: no copy of the model (a deepcopy and
+    ``merge_and_unload`` took ~1.6 s per call for the 135M model on 2 CPU cores)."""
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    weights = {k.replace(".base_layer.", "."): v.detach() for k, v in base.state_dict().items() if ".lora_" not in k}
+    with torch.no_grad():
+        for name, module in base.named_modules():
+            if isinstance(module, LoraLayer) and not module.merged:
+                key = f"{name}.weight"
+                for adapter in module.active_adapters:
+                    weights[key] = weights[key] + module.get_delta_weight(adapter)
+    return weights
 
 
 def policy_weights(policy, accel) -> dict | None:
-    """The prepared policy's full HF state dict (LoRA merged into a copy; FSDP / DeepSpeed shards
+    """The prepared policy's full HF state dict (LoRA merged: :func:`merged_weights`; FSDP / DeepSpeed shards
     gathered, so every process must call this) on the main process; None on the others.
     Tensors may be the live parameters: copy them before the next optimizer step."""
     inner = accel.unwrap_model(policy).model
-    if hasattr(inner, "merge_and_unload"):  # LoRA runs are never sharded (check_distributed)
-        return merged(inner).state_dict() if accel.is_main_process else None
+    if is_lora(inner):  # LoRA runs are never sharded (check_distributed)
+        return merged_weights(inner) if accel.is_main_process else None
     weights = gathered_weights(policy, accel)
     return weights if accel.is_main_process else None
 

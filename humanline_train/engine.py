@@ -7,10 +7,13 @@ initial model, at its first round, and kept until the run ends. At each refresh
 :meth:`LiveEngine.push` copies the policy's current weights (LoRA merged) into it in memory, as
 TRL's vLLM colocate mode, OpenRLHF and verl do.
 
-The round's completions name the same weights as a reload would (producer ``model``: the
-checkpoint folder saved at that step, ``model_sha256``) plus :attr:`LiveEngine.lineage`:
-``engine: live``, the training ``step`` and, after a push, ``weights_sha256``
-(:func:`weights_fingerprint` of the pushed tensors).
+The round's completions name the engine's weights: producer ``model`` is the folder it
+sampled as (the run's initial model, or the checkpoint of that step where one was saved:
+``--save-every``, an async run) plus :attr:`LiveEngine.lineage`: ``engine: live``, the training
+``step`` and, after a push, ``weights_sha256`` (:func:`weights_fingerprint` of the pushed
+tensors, equal to that of a checkpoint saved at that step). A synchronous live run saves no
+checkpoint per round (the weights go to the engine in memory; resuming reuses the rounds
+recorded in ``refreshes.json``), which saves 1-3 s per round for the 135M model on 2 CPU cores.
 """
 
 from __future__ import annotations

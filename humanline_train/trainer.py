@@ -112,11 +112,13 @@ def train(config: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
         try:
             while step < total:
                 if schedule.refresh_due(step):
-                    if not checkpoint.has_checkpoint(run_dir, step):
-                        save()
                     live = config.online.refresh_engine == "live"  # the weights to push (every process gathers)
+                    if (not live or config.online.refresh_async) and not checkpoint.has_checkpoint(run_dir, step):
+                        save()  # the round's sampler loads it (reload), or a resumed async run re-samples from it
                     weights = checkpoint.policy_weights(policy, accel) if live else None
-                    data = rounds.next_segment(data, step, checkpoint.checkpoint_dir(run_dir, step), total, weights)
+                    saved = checkpoint.has_checkpoint(run_dir, step)
+                    data = rounds.next_segment(data, step, checkpoint.checkpoint_dir(run_dir, step) if saved else model_path,
+                                               total, weights)
                     del weights  # a LoRA run's merged copy
                     stream = StepStream(make_loader(config, data["shard"], tokenizer, accel))
                     schedule.segment_start = step

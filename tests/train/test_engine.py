@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import json
 from pathlib import Path
 
@@ -68,7 +70,7 @@ def test_pushed_weights_sample_like_a_fresh_engine_on_their_checkpoint(start, tr
 
 
 def test_lora_policy_weights_are_the_merged_checkpoint(start, tmp_path):
-    """The weights a LoRA run pushes are those its checkpoint saves (adapters merged)."""
+    """The weights a LoRA run pushes are those its checkpoint saves, and equal peft's own merge."""
     from accelerate import Accelerator
 
     from humanline_train.logprobs import LogprobModel
@@ -88,6 +90,9 @@ def test_lora_policy_weights_are_the_merged_checkpoint(start, tmp_path):
     assert pushed.keys() == saved.keys()
     for name in saved:
         torch.testing.assert_close(pushed[name], saved[name], rtol=0, atol=1e-6)
+    peft_merged = copy.deepcopy(lora).merge_and_unload().state_dict()  # peft's own merge: the independent value
+    for name in saved:
+        torch.testing.assert_close(pushed[name], peft_merged[name], rtol=0, atol=1e-6)
     base = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32).state_dict()
     assert weights_fingerprint(pushed) != weights_fingerprint(base)
 
@@ -123,7 +128,8 @@ def _online_run(tiny_model, prompts, out: Path, engine: str, hooks: dict | None 
 
 def test_live_engine_rounds_equal_reloaded_rounds(tiny_model, prompts, tmp_path):
     """Sync refresh: the live engine samples the same completions as a backend loaded from the
-    checkpoint (same weights, per-sample seeds), and names the step and the weights it held."""
+    checkpoint (same weights, per-sample seeds), and names the step and the weights it held;
+    it saves no checkpoint per round."""
     live = _online_run(tiny_model, prompts, tmp_path / "live", "live")
     reload = _online_run(tiny_model, prompts, tmp_path / "reload", "reload")
     assert list(live) == list(reload) == ["0", "1"]
@@ -133,9 +139,14 @@ def test_live_engine_rounds_equal_reloaded_rounds(tiny_model, prompts, tmp_path)
         assert live_rows == reload_rows
         assert (producer["engine"], reload_producer["engine"]) == ("live", "reload")
         assert producer["step"] == reload_producer["step"] == 2 * int(r)
+    # no checkpoint per round: the producer names the folder the engine loaded and the pushed
+    # weights, which are those the reload run saved at step 2 and sampled from
+    assert not (tmp_path / "live" / "checkpoints" / "step-2").exists()
     _, producer = _completions(live["1"])
-    checkpoint = tmp_path / "live" / "checkpoints" / "step-2"
-    assert Path(producer["model"]) == checkpoint.resolve()
+    _, reload_producer = _completions(reload["1"])
+    checkpoint = tmp_path / "reload" / "checkpoints" / "step-2"
+    assert Path(producer["model"]) == tiny_model.resolve()
+    assert Path(reload_producer["model"]) == checkpoint.resolve()
     saved = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).state_dict()
     assert producer["weights_sha256"] == weights_fingerprint(saved)
 

@@ -147,7 +147,7 @@ def test_online_refresh_samples_from_the_checkpoint_and_resets_the_reference(sha
     prompts = import_sources([shared_data / "gsm8k" / "train.jsonl"], tmp_path / "prompts", limit=8)
     cfg = tiny_config(None, tiny_model, tmp_path / "run", loss="grpo", batch_size=3, max_steps=4, refresh_every=2,
                       prompts=str(prompts), scorer=LENGTH_SCORER, refresh_prompts=2, samples=3, max_new_tokens=8,
-                      refresh_async=refresh_async, refresh_engine=engine)
+                      refresh_async=refresh_async, refresh_engine=engine, save_every=2)  # sync live saves no round checkpoint itself
     seen = {}
     run = train(cfg, {"reference": lambda step, i, batch, ref, pol: seen.__setitem__(step, (ref[0], pol[0]))})
     rounds = json.loads((run / "refreshes.json").read_text())
