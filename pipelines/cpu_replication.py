@@ -1,244 +1,329 @@
-"""CPU replication of the paper's central claim on the embedded model (SmolLM2-135M-Instruct):
-stale (offline-ish) GRPO data plus humanline syncing and clipping recovers what online
-sampling buys, at a fraction of the sampling.
+"""The paper's sampling-interval experiment at CPU scale (SmolLM2-135M-Instruct, 2 cores):
+does humanline GRPO on data sampled R times less often (stale) close the gap to online GRPO,
+over many rounds, and how do the sync interval k and the two halves of humanline matter?
 
-    python pipelines/cpu_replication.py --out runs/cpu-replication --with-dpo   # ~70 min, 2 idle cores
-    python pipelines/cpu_replication.py --out runs/cpu-dry --dry-run          # tiny model, ~1 min
+    python pipelines/cpu_replication.py --out runs/cpu-replication        # CPU scale, see README for its time
+    python pipelines/cpu_replication.py --out runs/cpu-dry --dry-run      # tiny random model, ~3 min
+    python pipelines/cpu_replication.py --out runs/gpu --scale gpu --model <Qwen2.5-1.5B-Instruct folder>
 
-Task: generated two-digit arithmetic ("What is 37 + 48? Give the final answer after
-'Answer:'."; subtraction keeps the result non-negative), checked by the project's math
-verifier. Why this task: the 135M model starts clearly above 0% and below 60% (greedy 15% on
-40 held-out problems of this set with 48 new tokens), so GRPO groups of 8 samples hold both
-better and worse answers (a learning signal); answers are short (48 tokens keep CPU sampling
-affordable); and a seeded generator gives fresh training problems for every round and a
-held-out test split disjoint from them by construction. MATH/GSM8K are out of reach of a 135M
-model on CPU in an hour (near 0% and 200+ token answers).
+Task (``pipelines/arithmetic.py``): two-digit addition and subtraction, asked for the result
+only; reward 8 x correct (math verifier) minus 1e-5 per character (``rewards.correct_kept``).
+Every variant trains ``--steps`` optimizer steps of ``--prompts-per-step`` prompts x ``--n``
+samples, on fresh problems in every round, so all see the same number of completions and the
+same held-out set (greedy pass@1 on ``--eval-size`` problems disjoint from training):
 
-Three GRPO variants see the same number of training completions (``--steps`` steps of
-``prompts_per_step * n`` completions; ``prompts_per_step = prompts_per_refresh / online_every``):
+=========================  ===============  ============================================
+online                     sample every 1   plain GRPO (reference = policy at the round)
+staleR                     every R steps    plain GRPO
+staleR+humanline k=K       every R steps    humanline: sync every K steps, clip, for K in --k-values
+staleR+sync only k=K*      every R steps    ``--no-clip`` at the best K (K*)
+staleR+clip only           every R steps    ``--no-sync``: reference = the policy at the round
+offline                    once             plain GRPO on samples of the initial model
+=========================  ===============  ============================================
 
-===============  =========================  ====================================================
-online           sample every 1 step        plain GRPO (reference = the policy at the refresh)
-stale            sample every 16 steps      plain GRPO (``--no-humanline``)
-stale+humanline  sample every 16 steps      humanline sync every 4 steps, clip [-1.5, 1.5]
-===============  =========================  ====================================================
+Phase 1 runs online, staleR, the k sweep and offline for every seed; K* is then the k whose
+runs' own training samples were right most often over the second half of training (mean over
+seeds; training reward, so the held-out set plays no part in the choice); phase 2 runs the two
+ablations at K*. ``--seeds`` training seeds 0..N-1 per variant (the task is fixed).
 
-(``--online-every``, ``--stale-every``, ``--sync-k``). With the default 16 steps the stale
-variants sample once, from the initial model: the paper's offline setting. With
-``--with-dpo``, humanline DPO also trains on pairs built from the stale run's first round (the
-same initial-model samples). Reward (``--reward``, ``pipelines/rewards.py``): 8 x correct
-by default. SPEC §3's math runs add 1 x format (``--reward correct+format``), but on this model
-the format term takes over: a 4-step smoke run raised the share of samples with an answer marker
-from 16% to 47% while held-out greedy accuracy fell from 15% to 2.5-10% ("The answer is 21."
-with a wrong number replaces "37 + 15 = 52"); only ~4% of temperature-0.7 samples are correct
-at the start, against 15% greedy. Both rewards subtract 1e-5 per character, which keeps
-all-equal groups with near-zero advantages instead of letting the online refresh drop them (a
-round that keeps no group stops the run). Each variant runs for every seed in ``--seeds`` (the
-training seed; the task is the same for all).
+``--scale`` picks the sizes (each also a flag of its own, which wins):
 
-Deviations from SPEC §3's math settings, for a 135M model and 16 steps on 2 CPU cores:
-lr 1e-5 (not 1e-6: 16 steps, not 1600), 16 completions per step (not 256), 48 new tokens,
-sampling every 16 (not 64) steps, humanline sync every 4 (not 12-25) steps. Measured on this
-machine (embedded model, 2 cores): a step of 32 completions trains in ~35 s (forward 11 s,
-backward 16 s, reference 7 s); sampling runs ~60 tokens/s; one online round (checkpoint,
-sampling, scoring) adds ~20 s; greedy evaluation ~0.6 s per problem.
+=====  =====  ============  ==  ==  ==========  ====  ===========  =====  ======  ======
+scale  steps  prompts/step  n   R   k values    eval  new tokens   LoRA   lr      seeds
+=====  =====  ============  ==  ==  ==========  ====  ===========  =====  ======  ======
+cpu    128    1             8   16  1, 4, 16    200   16           r 16   1e-4    3
+gpu    1600   32            8   64  1, 4, 16    500   1024         none   1e-6    3
+=====  =====  ============  ==  ==  ==========  ====  ===========  =====  ======  ======
 
-Reports, in RUN_DIR: ``results.json``/``results.md`` (held-out accuracy before and after as mean
-+/- standard error over seeds, completions generated, wall time per variant), ``rewards.png``
-(accuracy of each round's training samples, averaged over seeds), ``curves.png`` (training metrics of
-the first seed), ``inspect_<dataset>.txt``.
+The gpu scale is the paper's math setting (SPEC §3: 256 completions per step, sampling 64x less
+often; k 12-25 there) on this task; give it ``--model``. CPU deviations, sized from measured
+costs (README): LoRA (r 16, alpha 32, all linear layers) instead of full fine-tuning (a step of
+8 completions: ~2 s vs ~3.5 s), 16 new tokens, ``--max-length 96``.
+
+Reports, in RUN_DIR: ``results.json`` / ``results.md`` (held-out accuracy mean +/- standard
+error over seeds; the fraction of the stale -> online gap each humanline variant closes, with
+its delta-method standard error; training-sample accuracy; unclamped and PPO-clip fractions;
+sampling and training seconds), ``rewards.png`` (training-sample accuracy per R-step window,
+mean over seeds), ``fractions.png`` (unclamped and clip fractions over training),
+``inspect_<dataset>.txt`` (the task's splits and each variant's first shard, seed 0).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
+import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipelines import arithmetic  # noqa: E402
 from pipelines.common import (  # noqa: E402
-    Steps, add_common_flags, cli, start, final_checkpoint, fmt, mean_se, plot_round_rewards, prune_checkpoints,
-    round_rewards, write_results,
+    Steps, add_common_flags, cli, final_checkpoint, fmt, mean_se, prune_checkpoints, read_metrics, round_rewards,
+    start, write_results,
 )
-from pipelines.math_reasoning import CURVES, REWARDS, add_grpo_flags, apply_dry_sizes, grpo_settings  # noqa: E402
+from pipelines.math_reasoning import REWARDS, add_grpo_flags, grpo_settings  # noqa: E402
 from pipelines.rewards import CORRECT_WEIGHT  # noqa: E402
 
-TASK_SEED = 1234  # the arithmetic problems (fixed: seeds vary training only)
-LR = 1e-5
-GENERATIONS = 8
-MAX_NEW_TOKENS = 48
-MAX_LENGTH = 256
-PROMPTS_PER_REFRESH = 2
-ONLINE_EVERY = 1
-STALE_EVERY = 16
-SYNC_K = 4
-STEPS = 16
-EVAL_SIZE = 100
-SEEDS = 3
 GRPO_EPS = 0.2
 GRPO_BETA_KL = 1e-4
-DPO_BETA = 0.1
-REWARD_FUNCTIONS = {"correct": "correct_kept", "correct+format": "correct_and_format_kept"}
-PROMPT = "What is {a} {op} {b}? Give the final answer after 'Answer:'."
-
-DRY_SIZES = dict(prompts_per_refresh=2, n=2, steps=4, stale_every=4, sync_k=2, max_new_tokens=8, eval_size=5, seeds=1)
-
-
-def arithmetic_problems(seed: int, test_size: int, train_size: int) -> tuple[list[dict], list[dict]]:
-    """Disjoint (test, train) lists of ``{"prompt", "answer"}``: distinct two-digit problems
-    ``a + b`` and ``a - b`` (a >= b), shuffled with ``seed``."""
-    problems = [(a, "+", b) for a in range(10, 100) for b in range(10, 100)]
-    problems += [(a, "-", b) for a in range(10, 100) for b in range(10, a + 1)]
-    random.Random(seed).shuffle(problems)
-    if test_size + train_size > len(problems):
-        sys.exit(f"error: only {len(problems)} distinct problems for {test_size} test + {train_size} train")
-    rows = [{"prompt": PROMPT.format(a=a, op=op, b=b), "answer": str(a + b if op == "+" else a - b)}
-            for a, op, b in problems[: test_size + train_size]]
-    return rows[:test_size], rows[test_size:]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+SCALES = {
+    "cpu": dict(steps=128, prompts_per_step=1, n=8, stale_every=16, k_values="1,4,16", eval_size=200,
+                max_new_tokens=16, max_length=96, lora_r=16, lr=1e-4, seeds=3),
+    "gpu": dict(steps=1600, prompts_per_step=32, n=8, stale_every=64, k_values="1,4,16", eval_size=500,
+                max_new_tokens=1024, max_length=1536, lora_r=0, lr=1e-6, seeds=3),
+}
+DRY_SIZES = dict(steps=4, n=2, stale_every=2, k_values="1,2", eval_size=5, max_new_tokens=8, max_length=64, seeds=1)
+SECOND_HALF = 0.5  # K* is chosen on the training samples of steps >= SECOND_HALF * steps
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(p)
-    add_grpo_flags(p, LR, GENERATIONS, MAX_NEW_TOKENS, MAX_LENGTH, SYNC_K, GRPO_EPS, GRPO_BETA_KL)
-    p.add_argument("--prompts-per-refresh", type=int, default=PROMPTS_PER_REFRESH, help="Prompts per online round.")
-    p.add_argument("--online-every", type=int, default=ONLINE_EVERY, help="Online: steps between samplings.")
-    p.add_argument("--stale-every", type=int, default=STALE_EVERY, help="Stale variants: steps between samplings.")
-    p.add_argument("--steps", type=int, default=STEPS)
-    p.add_argument("--eval-size", type=int, default=EVAL_SIZE, help="Held-out problems (greedy pass@1).")
-    p.add_argument("--seeds", type=int, default=SEEDS, help="Training seeds 0..N-1 per variant.")
-    p.add_argument("--reward", choices=list(REWARD_FUNCTIONS), default="correct",
-                   help="Training reward: 8 x correct, or 8 x correct + 1 x format (SPEC's math weights).")
-    p.add_argument("--with-dpo", action="store_true", help="Also humanline DPO on pairs of the stale run's first round.")
+    add_grpo_flags(p, None, None, None, None, None, GRPO_EPS, GRPO_BETA_KL)
+    p.add_argument("--scale", choices=list(SCALES), default="cpu", help="Sizes of the experiment (table above).")
+    p.add_argument("--steps", type=int, help="Optimizer steps per run.")
+    p.add_argument("--prompts-per-step", type=int, help="Prompts per optimizer step (x --n completions).")
+    p.add_argument("--stale-every", type=int, help="R: steps between samplings of the stale variants.")
+    p.add_argument("--k-values", help="Humanline sync intervals of the k sweep, comma-separated.")
+    p.add_argument("--lora-r", type=int, help="LoRA rank (0: full fine-tuning).")
+    p.add_argument("--eval-size", type=int, help="Held-out problems (greedy pass@1).")
+    p.add_argument("--seeds", type=int, help="Training seeds 0..N-1 per variant.")
     args = p.parse_args(argv)
-    if args.dry_run:
-        apply_dry_sizes(p, args, DRY_SIZES)
-    if args.prompts_per_refresh % args.online_every:
-        p.error("--prompts-per-refresh must be a multiple of --online-every")
-    args.prompts_per_step = args.prompts_per_refresh // args.online_every
+    sizes = {**SCALES[args.scale], **(DRY_SIZES if args.dry_run else {})}
+    for key, value in sizes.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    try:
+        args.k_values = [int(k) for k in str(args.k_values).split(",")]
+    except ValueError:
+        p.error(f"--k-values: expected comma-separated integers, got {args.k_values!r}")
+    if args.steps % args.stale_every or args.steps // args.stale_every < 2:
+        p.error(f"--stale-every {args.stale_every} must divide --steps {args.steps} into at least 2 rounds")
+    if min(args.k_values) < 1 or min(args.seeds, args.eval_size, args.prompts_per_step, args.n) < 1:
+        p.error("--k-values, --seeds, --eval-size, --prompts-per-step and --n must be >= 1")
+    args.sync_k = None  # per variant (grpo_settings' humanline default is replaced below)
     args.train_size = args.prompts_per_step * args.steps  # every round takes fresh problems
-    args.scorer = f"python:{REWARDS}:{'dry_run_reward' if args.dry_run else REWARD_FUNCTIONS[args.reward]}"
+    args.scorer = f"python:{REWARDS}:{'dry_run_reward' if args.dry_run else 'correct_kept'}"
     return args
 
 
-def variants(args) -> dict[str, tuple[int, bool]]:
-    """name -> (refresh interval in steps, humanline)."""
-    return {"online": (args.online_every, False), "stale": (args.stale_every, False),
-            "stale+humanline": (args.stale_every, True)}
+def phase_one(args) -> dict[str, dict]:
+    """name -> variant (``every``: steps between samplings; ``humanline``: trainer overrides)."""
+    r = args.stale_every
+    plain = {"sync": False, "clip": False}
+    variants = {"online": {"every": 1, "humanline": plain}, f"stale{r}": {"every": r, "humanline": plain}}
+    for k in args.k_values:
+        variants[f"stale{r}+humanline k={k}"] = {"every": r, "humanline": {"sync_k": k}, "k": k}
+    variants["offline"] = {"every": args.steps, "humanline": plain}
+    return variants
 
 
-def dpo_settings(args, pairs: str, seed: int) -> dict:
-    """Humanline DPO on ``pairs``: ``prompts_per_step`` pairs per step, as many epochs as the steps need."""
-    return {"loss": "dpo", "model": args.model, "shards": pairs, "max_steps": args.steps, "epochs": args.steps,
-            "batch_size": args.prompts_per_step, "lr": args.lr, "beta": DPO_BETA, "max_length": args.max_length,
-            "max_grad_norm": args.max_grad_norm, "sync_k": args.sync_k, "log_eps_p": args.log_eps_p,
-            "log_eps_r": args.log_eps_r, "seed": seed}
+def phase_two(args, best_k: int) -> dict[str, dict]:
+    """The Fig. 5 ablations at ``best_k``: sync only (no clip), clip only (no sync)."""
+    r = args.stale_every
+    return {f"stale{r}+sync only k={best_k}": {"every": r, "humanline": {"sync_k": best_k, "clip": False}, "k": best_k},
+            f"stale{r}+clip only": {"every": r, "humanline": {"sync": False}}}
 
 
-def mean_rounds(per_seed: list[list[dict]], key: str) -> list[dict]:
-    """Round-by-round mean of ``key`` over seeds (the schedule is the same for every seed)."""
-    return [{"step": rounds[0]["step"], "end_step": rounds[0]["end_step"], key: sum(r[key] for r in rounds) / len(rounds)}
-            for rounds in zip(*per_seed)]
+def train_settings(args, prompts: str, variant: dict, seed: int) -> dict:
+    """``humanline-train`` settings of one run of ``variant``."""
+    settings = grpo_settings(args, prompts, args.scorer, variant["every"], False, seed)
+    settings.update({"sync": True, "clip": True, "log_eps_p": args.log_eps_p, "log_eps_r": args.log_eps_r,
+                     "lora_r": args.lora_r, **variant["humanline"]})
+    if not (settings["sync"] or settings["clip"]):
+        for key in ("log_eps_p", "log_eps_r"):
+            del settings[key]
+    return settings
+
+
+def best_k(args, records: dict[str, list[dict]]) -> int:
+    """The k of the sweep whose runs' training samples were right most often over the second half."""
+    scores = {variant["k"]: mean_se([r["late_sample_accuracy"] for r in records[name]])[0]
+              for name, variant in phase_one(args).items() if "k" in variant}
+    return max(scores, key=lambda k: (scores[k], -k))
+
+
+def run_variant(steps: Steps, args, data: dict, name: str, variant: dict, seed: int, eval_flags: list) -> dict:
+    """Train and evaluate one seed of ``variant``; its record."""
+    tag = f"{slug(name)}-seed{seed}"
+    run_dir = Path(steps.train(f"train-{tag}", train_settings(args, data["train"], variant, seed),
+                               args.out / "runs" / tag, keep_checkpoints=args.keep_checkpoints))
+    result = steps.evaluate(tag, final_checkpoint(run_dir), data["test"], "math", *eval_flags)
+    if not args.keep_checkpoints:
+        prune_checkpoints(run_dir)
+    rounds = round_rewards(run_dir, CORRECT_WEIGHT / 2)
+    metrics = read_metrics(run_dir)
+    late = [r["correct_frac"] for r in rounds if r["step"] >= SECOND_HALF * args.steps] or [rounds[-1]["correct_frac"]]
+    train_seconds = sum(m["seconds_step"] for m in metrics)
+    if seed == 0:
+        steps.inspect(f"{slug(name)}_seed0_round0", rounds[0]["shard"])
+    return {
+        "run_dir": str(run_dir), "accuracy": result["value"], "accuracy_se": result["se"], "eval": result,
+        "rounds": [{k: r[k] for k in ("round", "step", "end_step", "shard", "completions", "correct_frac")} for r in rounds],
+        "completions_generated": sum(r["completions"] for r in rounds),
+        "late_sample_accuracy": sum(late) / len(late),
+        "unclamped_frac": [m.get("unclamped_frac") for m in metrics], "clip_frac": [m.get("clip_frac") for m in metrics],
+        "train_seconds": round(train_seconds, 1),
+        "sampling_seconds": round(steps.seconds[f"train-{tag}"] - train_seconds, 1),  # rounds, start-up, saves
+    }
+
+
+def slug(name: str) -> str:
+    return name.replace("+", "-").replace(" ", "-").replace("=", "")
+
+
+def gap_closed(variant: tuple[float, float], stale: tuple[float, float], online: tuple[float, float]) -> tuple[float, float] | None:
+    """(fraction, standard error) of the stale -> online gap a variant closes: (v - s) / (o - s),
+    each argument (mean, se over seeds); the se by the delta method (v, s, o independent).
+    None when the gap o - s is 0."""
+    (v, sv), (s, ss), (o, so) = variant, stale, online
+    gain, gap = v - s, o - s
+    if gap == 0:
+        return None
+    fraction = gain / gap
+    # d/dv = 1/gap, d/do = -gain/gap^2, d/ds = (gain - gap)/gap^2 = (v - o)/gap^2
+    variance = (sv / gap) ** 2 + (so * gain / gap ** 2) ** 2 + (ss * (v - o) / gap ** 2) ** 2
+    return fraction, math.sqrt(variance)
+
+
+def summarize(args, variants: dict[str, dict], records: dict[str, list[dict]]) -> dict[str, dict]:
+    out = {}
+    for name, runs in records.items():
+        variant = variants[name]
+        settings = train_settings(args, "", variant, 0)
+        accuracy, se = mean_se([r["accuracy"] for r in runs])
+        out[name] = {
+            "sample_every": variant["every"], "sync": settings["sync"], "clip": settings["clip"],
+            "sync_k": settings.get("sync_k") if settings["sync"] else None,
+            "accuracy": accuracy, "accuracy_se": se, "per_seed_accuracy": [r["accuracy"] for r in runs],
+            "late_sample_accuracy": mean_se([r["late_sample_accuracy"] for r in runs])[0],
+            "unclamped_frac": mean_of([v for r in runs for v in r["unclamped_frac"]]),
+            "clip_frac": mean_of([v for r in runs for v in r["clip_frac"]]),
+            "completions_generated": runs[0]["completions_generated"],
+            "train_seconds": mean_se([r["train_seconds"] for r in runs])[0],
+            "sampling_seconds": mean_se([r["sampling_seconds"] for r in runs])[0],
+        }
+    stale, online = out[f"stale{args.stale_every}"], out["online"]
+    for name, s in out.items():
+        closed = gap_closed(*[(x["accuracy"], x["accuracy_se"] or 0.0) for x in (s, stale, online)])
+        s["gap_closed"], s["gap_closed_se"] = closed if closed else (None, None)
+    return out
+
+
+def mean_of(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def windows(args, runs: list[dict]) -> list[float]:
+    """Training-sample accuracy per window of R steps, mean over seeds (rounds weighted by completions)."""
+    r = args.stale_every
+    out = []
+    for w in range(args.steps // r):
+        right = total = 0.0
+        for run in runs:
+            for rnd in run["rounds"]:
+                if w * r <= rnd["step"] < (w + 1) * r or (rnd["step"] < w * r < rnd["end_step"]):
+                    right += rnd["correct_frac"] * rnd["completions"]
+                    total += rnd["completions"]
+        out.append(right / total if total else float("nan"))
+    return out
+
+
+def plot(args, records: dict[str, list[dict]], run: Path) -> None:
+    """rewards.png (training-sample accuracy per R-step window) and fractions.png (unclamped and
+    PPO-clip fractions per R-step window), each a mean over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = args.stale_every
+    x = [(w + 0.5) * r for w in range(args.steps // r)]
+
+    def per_window(series: list[list]) -> list[float]:
+        return [mean_of([v for s in series for v in s[w * r:(w + 1) * r]]) or float("nan") for w in range(len(x))]
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (name, runs) in enumerate(records.items()):
+        ax.plot(x, windows(args, runs), marker="o", ms=3, ls="-" if i < 7 else "--", label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"training samples right (per {r}-step window)")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(run / "rewards.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, ax in zip(("unclamped_frac", "clip_frac"), axes):
+        for i, (name, runs) in enumerate(records.items()):
+            ax.plot(x, per_window([run_[key] for run_ in runs]), ls="-" if i < 7 else "--", label=name)
+        ax.set_xlabel("step")
+        ax.set_ylabel(key.replace("_", " ") + f" (per {r}-step window)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(run / "fractions.png", dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
     run = args.out
     steps = start(args)
-    test, train = arithmetic_problems(TASK_SEED, args.eval_size, args.train_size)
-    data = {
-        "train": steps.data("import-train", "import", write_jsonl(run / "task" / "arithmetic_train.jsonl", train),
-                            "--format", "prompts", "--split", "train", "--out", run / "data" / "train"),
-        "test": steps.data("import-test", "import", write_jsonl(run / "task" / "arithmetic_test.jsonl", test),
-                           "--format", "prompts", "--split", "test", "--out", run / "data" / "test"),
-    }
+    test, train = arithmetic.splits(args.eval_size, args.train_size)
+    data = {name: steps.data(f"import-{name}", "import", arithmetic.write_jsonl(run / "task" / f"{name}.jsonl", rows),
+                             "--format", "prompts", "--split", name, "--out", run / "data" / name)
+            for name, rows in (("train", train), ("test", test))}
     for name, version in data.items():
         steps.inspect(name, version)
     eval_flags = ["--n", 1, "--temperature", 0, "--max-new-tokens", args.max_new_tokens]
     before = steps.evaluate("initial", args.model, data["test"], "math", *eval_flags)
 
-    names = list(variants(args)) + (["dpo+humanline"] if args.with_dpo else [])
-    seeds: dict[str, list[dict]] = {name: [] for name in names}
+    variants = phase_one(args)
+    records: dict[str, list[dict]] = {name: [] for name in variants}
     for seed in range(args.seeds):
-        for name, (every, humanline) in variants(args).items():
-            tag = f"{name.replace('+', '-')}-seed{seed}"
-            run_dir = Path(steps.train(f"train-{tag}", grpo_settings(args, data["train"], args.scorer, every, humanline, seed),
-                                       run / "runs" / tag, keep_checkpoints=args.keep_checkpoints))
-            seeds[name].append(finish(steps, args, run_dir, tag, data, eval_flags, round_rewards(run_dir, CORRECT_WEIGHT / 2)))
-        if args.with_dpo:
-            first_round = seeds["stale"][-1]["rounds"][0]["scored"]
-            pairs = steps.data(f"pair-seed{seed}", "pair", first_round, "--mode", "pairs", "--out", run / "data" / "dpo_pairs")
-            steps.inspect(f"dpo_pairs_seed{seed}", pairs)
-            tag = f"dpo-humanline-seed{seed}"
-            run_dir = Path(steps.train(f"train-{tag}", dpo_settings(args, pairs, seed), run / "runs" / tag))
-            seeds["dpo+humanline"].append(finish(steps, args, run_dir, tag, data, eval_flags, [], shard=pairs))
-    for name in variants(args):  # diagnostics of every shard trained on
-        for seed, record in enumerate(seeds[name]):
-            for r in record["rounds"]:
-                steps.inspect(f"{name.replace('+', '_')}_seed{seed}_round{r['round']}", r["shard"])
+        for name, variant in variants.items():
+            records[name].append(run_variant(steps, args, data, name, variant, seed, eval_flags))
+    k_star = best_k(args, records)
+    ablations = phase_two(args, k_star)
+    variants.update(ablations)
+    records.update({name: [] for name in ablations})
+    for seed in range(args.seeds):
+        for name, variant in ablations.items():
+            records[name].append(run_variant(steps, args, data, name, variant, seed, eval_flags))
 
-    summary = summarize(seeds, before)
-    plot_round_rewards({n: mean_rounds([s["rounds"] for s in seeds[n]], "correct_frac") for n in variants(args)},
-                       run / "rewards.png", key="correct_frac")
-    steps.plot("curves", [seeds[n][0]["run_dir"] for n in names], CURVES)
+    summary = summarize(args, variants, records)
+    plot(args, records, run)
     results = {
         "recipe": "cpu_replication", "dry_run": args.dry_run, "model": args.model, "scorer": args.scorer,
-        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "task_seed": TASK_SEED, "data": data,
+        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "task_seed": arithmetic.TASK_SEED, "data": data,
         "initial": {"accuracy": before["value"], "accuracy_se": before["se"], "eval": before},
-        "variants": summary, "seeds": seeds, "step_seconds": steps.seconds,
-        "wall_seconds": steps.elapsed(),
+        "best_k": k_star, "variants": summary, "seeds": records,
+        "training_sample_accuracy_windows": {name: windows(args, runs) for name, runs in records.items()},
+        "step_seconds": steps.seconds, "wall_seconds": steps.elapsed(),
     }
-    rows = [["initial model", "-", "-", fmt(before["value"], before["se"]), "-", "-", "-"]]
-    rows += [[n, s["sample_every"], "yes" if s["humanline"] else "no", fmt(s["accuracy"], s["accuracy_se"]),
-              fmt(s["last_round_sample_accuracy"]), s["completions_generated"], f"{s['train_seconds']:.0f}"]
-             for n, s in summary.items()]
-    write_results(run, results, "CPU replication: held-out accuracy on two-digit arithmetic (greedy)",
-                  ["variant", "sample every (steps)", "humanline", f"accuracy (mean ± se, {args.seeds} seeds)",
-                   "last-round sample accuracy", "completions / run", "train s / run"], rows,
-                  notes=f"Model `{args.model}`; {before['count']} held-out problems; {args.steps} steps of "
-                        f"{args.prompts_per_step * args.n} completions; reward {args.reward} ({args.scorer.rsplit(':', 1)[1]}). "
-                        "Accuracy before: one greedy evaluation (deterministic). Curves: rewards.png, curves.png."
-                        + (" DRY RUN: tiny random model, numbers are meaningless." if args.dry_run else ""))
+    rows = [["initial model", "-", "-", "-", fmt(before["value"], before["se"]), "-", "-", "-", "-", "-", "-"]]
+    for name, s in summary.items():
+        rows.append([name, s["sample_every"], s["sync_k"] or "-", "yes" if s["clip"] else "no",
+                     fmt(s["accuracy"], s["accuracy_se"]), fmt(s["gap_closed"], s["gap_closed_se"], 2),
+                     fmt(s["late_sample_accuracy"]), fmt(s["unclamped_frac"]), fmt(s["clip_frac"]),
+                     f"{s['sampling_seconds']:.0f}", f"{s['train_seconds']:.0f}"])
+    write_results(run, results, "CPU replication: GRPO sampling interval, k sweep and ablations (two-digit arithmetic)",
+                  ["variant", "sample every (steps)", "sync k", "clip", f"held-out accuracy ({args.seeds} seeds)",
+                   "stale -> online gap closed", "training samples right (2nd half)", "unclamped frac", "PPO clip frac",
+                   "sampling s / run", "train s / run"], rows,
+                  notes=f"Model `{args.model}` (LoRA r {args.lora_r}); {before['count']} held-out problems, greedy; "
+                        f"{args.steps} steps of {args.prompts_per_step} x {args.n} completions, "
+                        f"{summary['online']['completions_generated']} per run; best k (training reward): {k_star}. "
+                        "Gap closed: (variant - stale) / (online - stale), delta-method se. "
+                        "Curves: rewards.png, fractions.png." + (" DRY RUN: tiny random model, numbers are meaningless."
+                                                                  if args.dry_run else ""))
     print(run)
     return run
-
-
-def finish(steps: Steps, args, run_dir: Path, tag: str, data: dict, eval_flags: list, rounds: list[dict],
-           shard: str | None = None) -> dict:
-    """Evaluate a finished run, drop its intermediate checkpoints; its per-seed record."""
-    result = steps.evaluate(tag, final_checkpoint(run_dir), data["test"], "math", *eval_flags)
-    if not args.keep_checkpoints:
-        prune_checkpoints(run_dir)
-    return {"run_dir": str(run_dir), "accuracy": result["value"], "accuracy_se": result["se"], "rounds": rounds,
-            "shards": [r["shard"] for r in rounds] or [shard], "completions_generated": sum(r["completions"] for r in rounds),
-            "train_seconds": steps.seconds[f"train-{tag}"], "eval": result}
-
-
-def summarize(seeds: dict[str, list[dict]], before: dict) -> dict:
-    """Per variant: accuracy mean +/- se over seeds, change from before, completions, wall time."""
-    out = {}
-    for name, runs in seeds.items():
-        accuracy, se = mean_se([r["accuracy"] for r in runs])
-        every = json.loads((Path(runs[0]["run_dir"]) / "settings.json").read_text())
-        out[name] = {
-            "sample_every": every["online"]["refresh_every"] or "once", "humanline": every["humanline"]["sync"],
-            "accuracy": accuracy, "accuracy_se": se, "accuracy_change": accuracy - before["value"],
-            "per_seed_accuracy": [r["accuracy"] for r in runs],
-            "last_round_sample_accuracy": mean_se([r["rounds"][-1]["correct_frac"] for r in runs])[0] if runs[0]["rounds"] else None,
-            "completions_generated": sum(r["completions_generated"] for r in runs) // len(runs),
-            "train_seconds": mean_se([r["train_seconds"] for r in runs])[0],
-            "train_seconds_per_seed": [r["train_seconds"] for r in runs],
-        }
-    return out
 
 
 if __name__ == "__main__":
