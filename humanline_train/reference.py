@@ -87,7 +87,15 @@ class CopyReference:
         self.autocast = autocast
 
     def sync(self, policy: torch.nn.Module, window: Window) -> None:
-        self.model.load_state_dict(extract_model_from_parallel(policy).state_dict())
+        """Copy the policy's trained parameters in; frozen ones (a LoRA run's base weights, 99% of
+        them) are equal since the copy was made, so a sync moves only the adapters."""
+        source = extract_model_from_parallel(policy)
+        trained = {name for name, p in source.named_parameters() if p.requires_grad}
+        target = self.model.state_dict()
+        with torch.no_grad():
+            for name, tensor in source.state_dict().items():
+                if name in trained:
+                    target[name].copy_(tensor)
 
     def logps(self, step: int, index: int, batch: Batch) -> list[torch.Tensor]:
         with self.autocast():

@@ -90,6 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lora-r", type=int, help="LoRA rank (0: full fine-tuning).")
     p.add_argument("--eval-size", type=int, help="Held-out problems (greedy pass@1).")
     p.add_argument("--seeds", type=int, help="Training seeds 0..N-1 per variant.")
+    p.add_argument("--max-minutes", type=float,
+                   help="Start no new variant after this many minutes; the report says what is left, and the same "
+                        "command (same --out) resumes, reusing every finished run.")
     args = p.parse_args(argv)
     sizes = {**SCALES[args.scale], **(DRY_SIZES if args.dry_run else {})}
     for key, value in sizes.items():
@@ -146,8 +149,12 @@ def best_k(args, records: dict[str, list[dict]]) -> int:
 
 
 def run_variant(steps: Steps, args, data: dict, name: str, variant: dict, seed: int, eval_flags: list) -> dict:
-    """Train and evaluate one seed of ``variant``; its record."""
+    """Train and evaluate one seed of ``variant``; its record (also ``runs/<tag>/record.json``: a
+    rerun of the same command reuses it instead of training again)."""
     tag = f"{slug(name)}-seed{seed}"
+    saved = args.out / "runs" / tag / "record.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
     run_dir = Path(steps.train(f"train-{tag}", train_settings(args, data["train"], variant, seed),
                                args.out / "runs" / tag, keep_checkpoints=args.keep_checkpoints))
     result = steps.evaluate(tag, final_checkpoint(run_dir), data["test"], "math", *eval_flags)
@@ -159,7 +166,7 @@ def run_variant(steps: Steps, args, data: dict, name: str, variant: dict, seed: 
     train_seconds = sum(m["seconds_step"] for m in metrics)
     if seed == 0:
         steps.inspect(f"{slug(name)}_seed0_round0", rounds[0]["shard"])
-    return {
+    record = {
         "run_dir": str(run_dir), "accuracy": result["value"], "accuracy_se": result["se"], "eval": result,
         "rounds": [{k: r[k] for k in ("round", "step", "end_step", "shard", "completions", "correct_frac")} for r in rounds],
         "completions_generated": sum(r["completions"] for r in rounds),
@@ -168,6 +175,8 @@ def run_variant(steps: Steps, args, data: dict, name: str, variant: dict, seed: 
         "train_seconds": round(train_seconds, 1),
         "sampling_seconds": round(steps.seconds[f"train-{tag}"] - train_seconds, 1),  # rounds, start-up, saves
     }
+    saved.write_text(json.dumps(record, indent=1) + "\n")
+    return record
 
 
 def slug(name: str) -> str:
@@ -205,9 +214,9 @@ def summarize(args, variants: dict[str, dict], records: dict[str, list[dict]]) -
             "train_seconds": mean_se([r["train_seconds"] for r in runs])[0],
             "sampling_seconds": mean_se([r["sampling_seconds"] for r in runs])[0],
         }
-    stale, online = out[f"stale{args.stale_every}"], out["online"]
+    stale, online = out.get(f"stale{args.stale_every}"), out.get("online")
     for name, s in out.items():
-        closed = gap_closed(*[(x["accuracy"], x["accuracy_se"] or 0.0) for x in (s, stale, online)])
+        closed = gap_closed(*[(x["accuracy"], x["accuracy_se"] or 0.0) for x in (s, stale, online)]) if stale and online else None
         s["gap_closed"], s["gap_closed_se"] = closed if closed else (None, None)
     return out
 
@@ -284,25 +293,39 @@ def main(argv=None) -> Path:
     before = steps.evaluate("initial", args.model, data["test"], "math", *eval_flags)
 
     variants = phase_one(args)
-    records: dict[str, list[dict]] = {name: [] for name in variants}
-    for seed in range(args.seeds):
-        for name, variant in variants.items():
-            records[name].append(run_variant(steps, args, data, name, variant, seed, eval_flags))
-    k_star = best_k(args, records)
-    ablations = phase_two(args, k_star)
-    variants.update(ablations)
-    records.update({name: [] for name in ablations})
-    for seed in range(args.seeds):
-        for name, variant in ablations.items():
-            records[name].append(run_variant(steps, args, data, name, variant, seed, eval_flags))
+    records: dict[str, list[dict]] = {}
+    k_star = None
+    while not out_of_time(args, steps):
+        todo = [name for name in variants if name not in records]
+        if not todo and k_star is not None:
+            break
+        if not todo:  # phase 1 done: the ablations at the best k
+            k_star = best_k(args, records)
+            variants.update(phase_two(args, k_star))
+            continue
+        records[todo[0]] = [run_variant(steps, args, data, todo[0], variants[todo[0]], seed, eval_flags)
+                            for seed in range(args.seeds)]
+        report(args, steps, before, data, variants, records, k_star)
+    print(run)
+    return run
 
+
+def out_of_time(args, steps: Steps) -> bool:
+    """``--max-minutes`` have passed: start nothing new."""
+    return args.max_minutes is not None and steps.elapsed() > 60 * args.max_minutes
+
+
+def report(args, steps: Steps, before: dict, data: dict, variants: dict, records: dict, k_star: int | None) -> None:
+    """results.json / results.md and the PNGs for the variants finished so far."""
+    run = args.out
     summary = summarize(args, variants, records)
     plot(args, records, run)
+    left = [name for name in variants if name not in records] + ([] if k_star else ["sync only and clip only at the best k"])
     results = {
         "recipe": "cpu_replication", "dry_run": args.dry_run, "model": args.model, "scorer": args.scorer,
         "settings": {k: v for k, v in vars(args).items() if k != "out"}, "task_seed": arithmetic.TASK_SEED, "data": data,
         "initial": {"accuracy": before["value"], "accuracy_se": before["se"], "eval": before},
-        "best_k": k_star, "variants": summary, "seeds": records,
+        "best_k": k_star, "variants": summary, "seeds": records, "not_run_yet": left,
         "training_sample_accuracy_windows": {name: windows(args, runs) for name, runs in records.items()},
         "step_seconds": steps.seconds, "wall_seconds": steps.elapsed(),
     }
@@ -318,12 +341,12 @@ def main(argv=None) -> Path:
                    "sampling s / run", "train s / run"], rows,
                   notes=f"Model `{args.model}` (LoRA r {args.lora_r}); {before['count']} held-out problems, greedy; "
                         f"{args.steps} steps of {args.prompts_per_step} x {args.n} completions, "
-                        f"{summary['online']['completions_generated']} per run; best k (training reward): {k_star}. "
+                        f"{args.steps * args.prompts_per_step * args.n} per run; best k (training reward): {k_star}. "
+                        + (f"NOT RUN YET (rerun the same command to resume): {', '.join(left)}. " if left else "")
+                        + f"Wall time so far: {steps.elapsed() / 60:.0f} min. "
                         "Gap closed: (variant - stale) / (online - stale), delta-method se. "
                         "Curves: rewards.png, fractions.png." + (" DRY RUN: tiny random model, numbers are meaningless."
                                                                   if args.dry_run else ""))
-    print(run)
-    return run
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from pipelines import cpu_replication, instruction_following, math_reasoning  # noqa: E402
+from pipelines import arithmetic, cpu_replication, instruction_following, math_reasoning  # noqa: E402
 from pipelines.common import StepFailed, Steps, manifest, mean_se  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -109,39 +109,61 @@ def test_math_reasoning_dry_run(tmp_path):
 @pytest.mark.slow
 def test_cpu_replication_dry_run(tmp_path):
     run = tmp_path / "cpu"
-    done = run_recipe("cpu_replication", run, "--dry-run", "--with-dpo")
-    online = [f"online_seed0_round{r}" for r in range(4)]  # 4 steps, a round per step
-    results = assert_common_outputs(run, done, ["train", "test", *online, "stale_seed0_round0",
-                                                "stale_humanline_seed0_round0", "dpo_pairs_seed0"])
-    assert len(list(run.glob("inspect_*.txt"))) == 2 + 4 + 1 + 1 + 1  # every dataset and shard used
+    done = run_recipe("cpu_replication", run, "--dry-run")
+    phase_one = ["online", "stale2", "stale2+humanline k=1", "stale2+humanline k=2", "offline"]
+    first_shards = [f"{cpu_replication.slug(n)}_seed0_round0" for n in phase_one]
+    results = assert_common_outputs(run, done, ["train", "test", *first_shards])
+    k = results["best_k"]
     summary = results["variants"]
-    assert list(summary) == ["online", "stale", "stale+humanline", "dpo+humanline"]
-    assert [summary[k]["completions_generated"] for k in ("online", "stale", "stale+humanline")] == [16, 16, 16]
-    for name, s in summary.items():
-        assert 0.0 <= s["accuracy"] <= 1.0 and len(s["per_seed_accuracy"]) == 1
-        assert s["train_seconds"] > 0
-    assert summary["stale+humanline"]["humanline"] and not summary["stale"]["humanline"]
-    dpo = results["seeds"]["dpo+humanline"][0]
-    assert lineage(dpo["shards"][0])[:3] == ["pairs", "scored", "completions"]
-    assert dpo["shards"][0].startswith(str(run / "data" / "dpo_pairs"))
-    # train and test problems come from the same generator and never overlap
-    train = {json.loads(x)["prompt"] for x in (run / "task" / "arithmetic_train.jsonl").read_text().splitlines()}
-    test = {json.loads(x)["prompt"] for x in (run / "task" / "arithmetic_test.jsonl").read_text().splitlines()}
-    assert len(test) == 5 and len(train) == 8 and not train & test
-    assert_png(run / "curves.png")
+    assert list(summary) == phase_one + [f"stale2+sync only k={k}", "stale2+clip only"]
+    assert {s["completions_generated"] for s in summary.values()} == {8}  # 4 steps x 1 prompt x 2 samples each
+    # the trainer ran each variant with its sampling interval and humanline halves
+    expected = {"online": (1, False, False, None), "stale2": (2, False, False, None), "offline": (4, False, False, None),
+                "stale2+humanline k=1": (2, True, True, 1), "stale2+humanline k=2": (2, True, True, 2),
+                f"stale2+sync only k={k}": (2, True, False, k), "stale2+clip only": (2, False, True, None)}
+    for name, (every, sync, clip, sync_k) in expected.items():
+        record = results["seeds"][name][0]
+        settings = json.loads((Path(record["run_dir"]) / "settings.json").read_text())
+        assert settings["online"]["refresh_every"] == every, name
+        assert (settings["humanline"]["sync"], settings["humanline"]["clip"]) == (sync, clip), name
+        if sync:
+            assert settings["humanline"]["sync_k"] == sync_k, name
+        assert settings["model"]["lora_r"] == 16
+        assert len(record["rounds"]) == 4 // every and 0.0 <= summary[name]["accuracy"] <= 1.0
+        assert len(record["unclamped_frac"]) == 4 and record["train_seconds"] > 0
+    for name in ("online", "stale2"):  # the gap's ends
+        assert summary[name]["gap_closed"] in (None, 0.0, 1.0)
+    # train and test problems are disjoint
+    train = {json.dumps(json.loads(x)["prompt"]) for x in (run / "task" / "train.jsonl").read_text().splitlines()}
+    test = {json.dumps(json.loads(x)["prompt"]) for x in (run / "task" / "test.jsonl").read_text().splitlines()}
+    assert len(test) == 5 and len(train) == 4 and not train & test
     assert_png(run / "rewards.png")
-    assert "± " in (run / "results.md").read_text() or "1 seeds" in (run / "results.md").read_text()
+    assert_png(run / "fractions.png")
+    assert "gap closed" in (run / "results.md").read_text()
 
 
 def test_arithmetic_problems_are_disjoint_correct_and_seeded():
-    test, train = cpu_replication.arithmetic_problems(7, 50, 500)
-    assert len({r["prompt"] for r in test + train}) == 550
+    test, train = arithmetic.splits(50, 500, seed=7)
+    assert len({json.dumps(r["prompt"]) for r in test + train}) == 550
     for row in test + train:
-        a, op, b = row["prompt"].removeprefix("What is ").split("?")[0].split()
+        a, op, b = row["prompt"][-1]["content"].removeprefix("What is ").split("?")[0].split()
         assert int(row["answer"]) == (int(a) + int(b) if op == "+" else int(a) - int(b)) >= 0
         assert 10 <= int(a) <= 99 and 10 <= int(b) <= 99
-    assert cpu_replication.arithmetic_problems(7, 50, 500) == (test, train)
-    assert cpu_replication.arithmetic_problems(8, 50, 500)[0] != test
+    assert arithmetic.splits(50, 500, seed=7) == (test, train)
+    assert arithmetic.splits(50, 500, seed=8)[0] != test
+
+
+def test_gap_closed_and_its_delta_method_error():
+    assert cpu_replication.gap_closed((0.3, 0.0), (0.2, 0.0), (0.4, 0.0)) == (pytest.approx(0.5), 0.0)
+    fraction, se = cpu_replication.gap_closed((0.3, 0.01), (0.2, 0.02), (0.4, 0.03))
+    # independent check: numerical derivatives of (v - s) / (o - s)
+    f = lambda v, s, o: (v - s) / (o - s)  # noqa: E731
+    h = 1e-6
+    grads = [(f(0.3 + h, 0.2, 0.4) - f(0.3 - h, 0.2, 0.4)) / (2 * h), (f(0.3, 0.2 + h, 0.4) - f(0.3, 0.2 - h, 0.4)) / (2 * h),
+             (f(0.3, 0.2, 0.4 + h) - f(0.3, 0.2, 0.4 - h)) / (2 * h)]
+    assert fraction == pytest.approx(0.5)
+    assert se == pytest.approx(sum((g * e) ** 2 for g, e in zip(grads, (0.01, 0.02, 0.03))) ** 0.5, rel=1e-5)
+    assert cpu_replication.gap_closed((0.3, 0.01), (0.2, 0.0), (0.2, 0.0)) is None
 
 
 def test_instruction_following_variants_map_to_trainer_settings():
@@ -166,23 +188,29 @@ def test_instruction_following_variants_map_to_trainer_settings():
 
 
 def test_grpo_variants_see_the_same_completions():
-    args = cpu_replication.parse_args(["--out", "x"])
-    per_variant = []
-    for every, humanline in cpu_replication.variants(args).values():
-        f = math_reasoning.grpo_settings(args, "P", "math", every, humanline, 0)
-        rounds = args.steps // every
-        per_variant.append(rounds * f["refresh_prompts"] * f["samples"])
-        assert f["batch_size"] * f["grad_accum"] == args.prompts_per_step * args.n
-        assert f["batch_size"] == args.n  # one group per micro-batch
-        assert ("sync_k" in f) == humanline and ("sync" in f) != humanline
-    assert len(set(per_variant)) == 1
+    for scale in ("cpu", "gpu"):
+        args = cpu_replication.parse_args(["--out", "x", "--scale", scale])
+        variants = {**cpu_replication.phase_one(args), **cpu_replication.phase_two(args, args.k_values[-1])}
+        per_variant = []
+        for variant in variants.values():
+            f = cpu_replication.train_settings(args, "P", variant, 0)
+            rounds = args.steps // variant["every"]
+            per_variant.append(rounds * f["refresh_prompts"] * f["samples"])
+            assert f["batch_size"] * f["grad_accum"] == args.prompts_per_step * args.n
+            assert f["batch_size"] == args.n  # one group per micro-batch
+            assert f["max_steps"] == args.steps and f["lora_r"] == args.lora_r
+        assert len(set(per_variant)) == 1 and len(variants) == 8
+    cpu = cpu_replication.parse_args(["--out", "x"])
+    assert (cpu.steps, cpu.stale_every, cpu.k_values, cpu.seeds, cpu.eval_size) == (128, 16, [1, 4, 16], 3, 200)
+    assert cpu_replication.parse_args(["--out", "x", "--steps", "64", "--k-values", "2,8"]).k_values == [2, 8]
     math_args = math_reasoning.parse_args(["--out", "x"])
     assert (math_args.steps, math_args.prompts_per_step * math_args.n, math_args.stale_every) == (1600, 256, 64)
     assert (math_args.lr, math_args.sync_k, math_args.beta_kl) == (1e-6, 16, 1e-4)
 
 
 @pytest.mark.parametrize("recipe,flags,message", [
-    ("cpu_replication", ["--prompts-per-refresh", "3", "--online-every", "2"], "multiple of --online-every"),
+    ("cpu_replication", ["--stale-every", "5"], "must divide --steps 128"),
+    ("cpu_replication", ["--k-values", "1,x"], "--k-values: expected comma-separated integers"),
     ("instruction_following", [], "--reward-model is required"),
     ("instruction_following", ["--dry-run", "--losses", "dpo,ppo"], "--losses: expected a subset"),
 ])
