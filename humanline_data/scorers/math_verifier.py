@@ -8,8 +8,12 @@ component is 1.0 when one was found).
 
 The extracted answer and the row's reference ``answer`` (a plain number for GSM8K, LaTeX for
 MATH) are both wrapped in ``\\boxed{}`` and parsed by math-verify, then compared with
-``math_verify.verify``. reward = correct (1.0 / 0.0) + format_weight * format. Anything that
-goes wrong while parsing or comparing counts as wrong (0.0), never as a crash.
+``math_verify.verify``. A reference that is a plain number needs a number, not an expression
+that evaluates to it: "the answer is 18 + 42" does not answer "60" (math-verify would call them
+equal, and a policy trained on arithmetic learns to restate the question); fractions still
+match decimals (``\\frac{1}{2}`` answers ``0.5``). reward = correct
+(1.0 / 0.0) + format_weight * format. Anything that goes wrong while parsing or comparing counts
+as wrong (0.0), never as a crash.
 
 math-verify's timeouts use ``signal.alarm``, which only works in a process's main thread. Called
 from another thread (a Ray Data actor runs its batches off the main thread), the scorer verifies
@@ -31,6 +35,8 @@ from humanline_data.errors import SchemaError
 from humanline_data.scorers.base import Scorer
 
 _TIMEOUT_S = 5
+_PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_EXPRESSION = re.compile(r"[\d)}]\s*(?:[-+*×^]|\\times|\\cdot)\s*[\d({\\]")  # a sum, difference, product or power
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])\s*")
 _HASHES = re.compile(r"####\s*(.+)")
@@ -107,8 +113,11 @@ def _parse(answer: str, timeout: int | None) -> list:
 
 
 def is_correct(predicted: str | None, gold: str) -> bool:
-    """Whether ``predicted`` equals the reference ``gold`` (math-verify; exceptions -> False)."""
+    """Whether ``predicted`` equals the reference ``gold`` (math-verify; exceptions -> False).
+    A plain-number ``gold`` is not matched by an arithmetic expression."""
     if predicted is None:
+        return False
+    if _PLAIN_NUMBER.fullmatch(clean_answer(gold)) and _EXPRESSION.search(predicted):
         return False
     from math_verify import verify
 
@@ -143,7 +152,7 @@ class MathVerifier(Scorer):
         self.workers = workers
         self.identity = "math" if not self.format_weight else f"math+format*{self.format_weight:g}"
         self.params = {"format_weight": self.format_weight, "workers": workers}
-        self.producer = {"scorer": "math-verify", "math_verify": _math_verify_version()}
+        self.producer = {"scorer": "math-verify", "math_verify": _math_verify_version(), "numeric_gold": "number only"}
         self._pool = None
 
     def check(self, table: pa.Table) -> None:

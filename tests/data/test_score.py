@@ -17,7 +17,7 @@ from humanline_data.cli import main
 from humanline_data.errors import HumanlineError, ModelNotFoundError, SchemaError, WrongKindError
 from humanline_data.schema import prompt_id
 from humanline_data.scorers import score
-from humanline_data.scorers.math_verifier import extract_answer
+from humanline_data.scorers.math_verifier import extract_answer, score_answers
 from humanline_data.store import list_versions, open_version, write_version
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -100,6 +100,21 @@ def error_line(result) -> str:
 )
 def test_extract_answer(text, answer, marked):
     assert extract_answer(text) == (answer, marked)
+
+
+@pytest.mark.parametrize("completion, gold, correct", [
+    ("The answer is 18 + 42", "60", False),  # restating the question is not an answer
+    ("The answer is 2*30.", "60", False),
+    ("\\boxed{6 \\times 10}", "60", False),
+    ("\\boxed{\\frac{1}{2}}", "0.5", True),  # a fraction is a number
+    ("18 + 42 = 60", "60", True),  # the last number, after the working
+    ("The answer is $1,080.", "1080", True),
+    ("The answer is -5", "-5", True),
+    ("\\boxed{0.5}", "\\frac{1}{2}", True),  # a LaTeX reference still matches its equivalents
+    ("\\boxed{\\frac{2}{4}}", "\\frac{1}{2}", True),
+])
+def test_a_plain_number_reference_needs_a_number(completion, gold, correct):
+    assert score_answers([(completion, gold)]) == [(float(correct), float("answer" in completion or "boxed" in completion))]
 
 
 def test_math_rewards_and_format_weight(tmp_path):
