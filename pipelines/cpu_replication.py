@@ -303,9 +303,13 @@ def main(argv=None) -> Path:
             k_star = best_k(args, records)
             variants.update(phase_two(args, k_star))
             continue
-        records[todo[0]] = [run_variant(steps, args, data, todo[0], variants[todo[0]], seed, eval_flags)
-                            for seed in range(args.seeds)]
-        report(args, steps, before, data, variants, records, k_star)
+        name, runs = todo[0], []
+        records[name] = runs
+        for seed in range(args.seeds):
+            if seed and out_of_time(args, steps):
+                break
+            runs.append(run_variant(steps, args, data, name, variants[name], seed, eval_flags))
+            report(args, steps, before, data, variants, records, k_star)
     print(run)
     return run
 
@@ -320,7 +324,8 @@ def report(args, steps: Steps, before: dict, data: dict, variants: dict, records
     run = args.out
     summary = summarize(args, variants, records)
     plot(args, records, run)
-    left = [name for name in variants if name not in records] + ([] if k_star else ["sync only and clip only at the best k"])
+    left = [name if name not in records else f"{name} (seeds {len(records[name])}..{args.seeds - 1})" for name in variants
+            if len(records.get(name, [])) < args.seeds] + ([] if k_star else ["sync only and clip only at the best k"])
     results = {
         "recipe": "cpu_replication", "dry_run": args.dry_run, "model": args.model, "scorer": args.scorer,
         "settings": {k: v for k, v in vars(args).items() if k != "out"}, "task_seed": arithmetic.TASK_SEED, "data": data,
@@ -329,14 +334,14 @@ def report(args, steps: Steps, before: dict, data: dict, variants: dict, records
         "training_sample_accuracy_windows": {name: windows(args, runs) for name, runs in records.items()},
         "step_seconds": steps.seconds, "wall_seconds": steps.elapsed(),
     }
-    rows = [["initial model", "-", "-", "-", fmt(before["value"], before["se"]), "-", "-", "-", "-", "-", "-"]]
+    rows = [["initial model", "-", "-", "-", "-", fmt(before["value"], before["se"]), "-", "-", "-", "-", "-", "-"]]
     for name, s in summary.items():
-        rows.append([name, s["sample_every"], s["sync_k"] or "-", "yes" if s["clip"] else "no",
+        rows.append([name, s["sample_every"], s["sync_k"] or "-", "yes" if s["clip"] else "no", len(s["per_seed_accuracy"]),
                      fmt(s["accuracy"], s["accuracy_se"]), fmt(s["gap_closed"], s["gap_closed_se"], 2),
                      fmt(s["late_sample_accuracy"]), fmt(s["unclamped_frac"]), fmt(s["clip_frac"]),
                      f"{s['sampling_seconds']:.0f}", f"{s['train_seconds']:.0f}"])
     write_results(run, results, "CPU replication: GRPO sampling interval, k sweep and ablations (two-digit arithmetic)",
-                  ["variant", "sample every (steps)", "sync k", "clip", f"held-out accuracy ({args.seeds} seeds)",
+                  ["variant", "sample every (steps)", "sync k", "clip", "seeds", "held-out accuracy (mean ± se over seeds)",
                    "stale -> online gap closed", "training samples right (2nd half)", "unclamped frac", "PPO clip frac",
                    "sampling s / run", "train s / run"], rows,
                   notes=f"Model `{args.model}` (LoRA r {args.lora_r}); {before['count']} held-out problems, greedy; "
