@@ -21,7 +21,7 @@ staleR+clip only           every R steps    ``--no-sync``: reference = the polic
 offline                    once             plain GRPO on samples of the initial model
 =========================  ===============  ============================================
 
-Phase 1 runs online, staleR, the k sweep and offline for every seed; K* is then the k whose
+Phase 1 runs online, staleR, the k sweep and offline, seed by seed; K* is then the k whose
 runs' own training samples were right most often over the second half of training (mean over
 seeds; training reward, so the held-out set plays no part in the choice); phase 2 runs the two
 ablations at K*. ``--seeds`` training seeds 0..N-1 per variant (the task is fixed).
@@ -295,21 +295,18 @@ def main(argv=None) -> Path:
     variants = phase_one(args)
     records: dict[str, list[dict]] = {}
     k_star = None
-    while not out_of_time(args, steps):
-        todo = [name for name in variants if name not in records]
-        if not todo and k_star is not None:
-            break
-        if not todo:  # phase 1 done: the ablations at the best k
+    for phase in (1, 2):
+        if phase == 2:
             k_star = best_k(args, records)
             variants.update(phase_two(args, k_star))
-            continue
-        name, runs = todo[0], []
-        records[name] = runs
-        for seed in range(args.seeds):
-            if seed and out_of_time(args, steps):
+        todo = [(seed, name) for seed in range(args.seeds) for name in variants if seed >= len(records.get(name, []))]
+        for seed, name in todo:  # seed by seed: a budget cut leaves every variant with as many seeds as possible
+            if out_of_time(args, steps):
                 break
-            runs.append(run_variant(steps, args, data, name, variants[name], seed, eval_flags))
+            records.setdefault(name, []).append(run_variant(steps, args, data, name, variants[name], seed, eval_flags))
             report(args, steps, before, data, variants, records, k_star)
+        if out_of_time(args, steps):
+            break
     print(run)
     return run
 
