@@ -216,8 +216,11 @@ def summarize(args, variants: dict[str, dict], records: dict[str, list[dict]]) -
         }
     stale, online = out.get(f"stale{args.stale_every}"), out.get("online")
     for name, s in out.items():
-        closed = gap_closed(*[(x["accuracy"], x["accuracy_se"] or 0.0) for x in (s, stale, online)]) if stale and online else None
+        ends = (s, stale, online)
+        closed = gap_closed(*[(x["accuracy"], x["accuracy_se"] or 0.0) for x in ends]) if stale and online else None
         s["gap_closed"], s["gap_closed_se"] = closed if closed else (None, None)
+        if any(x["accuracy_se"] is None for x in ends if x):  # one seed somewhere: no spread to propagate
+            s["gap_closed_se"] = None
     return out
 
 
@@ -307,6 +310,8 @@ def main(argv=None) -> Path:
             report(args, steps, before, data, variants, records, k_star)
         if out_of_time(args, steps):
             break
+    if records:
+        report(args, steps, before, data, variants, records, k_star)
     print(run)
     return run
 
