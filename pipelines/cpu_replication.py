@@ -152,7 +152,7 @@ def run_variant(steps: Steps, args, data: dict, name: str, variant: dict, seed: 
     """Train and evaluate one seed of ``variant``; its record (also ``runs/<tag>/record.json``: a
     rerun of the same command reuses it instead of training again)."""
     tag = f"{slug(name)}-seed{seed}"
-    saved = args.out / "runs" / tag / "record.json"
+    saved = record_path(args, name, seed)
     if saved.is_file():
         return json.loads(saved.read_text())
     run_dir = Path(steps.train(f"train-{tag}", train_settings(args, data["train"], variant, seed),
@@ -177,6 +177,11 @@ def run_variant(steps: Steps, args, data: dict, name: str, variant: dict, seed: 
     }
     saved.write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+def record_path(args, name: str, seed: int) -> Path:
+    """Where :func:`run_variant` keeps the record of one finished run."""
+    return args.out / "runs" / f"{slug(name)}-seed{seed}" / "record.json"
 
 
 def slug(name: str) -> str:
@@ -304,12 +309,12 @@ def main(argv=None) -> Path:
             variants.update(phase_two(args, k_star))
         todo = [(seed, name) for seed in range(args.seeds) for name in variants if seed >= len(records.get(name, []))]
         for seed, name in todo:  # seed by seed: a budget cut leaves every variant with as many seeds as possible
-            if out_of_time(args, steps):
+            if out_of_time(args, steps) and not record_path(args, name, seed).is_file():
                 break
             records.setdefault(name, []).append(run_variant(steps, args, data, name, variants[name], seed, eval_flags))
             report(args, steps, before, data, variants, records, k_star)
-        if out_of_time(args, steps):
-            break
+        if any(len(records.get(name, [])) < args.seeds for name in variants):
+            break  # out of time
     if records:
         report(args, steps, before, data, variants, records, k_star)
     print(run)
