@@ -1,62 +1,64 @@
 #!/usr/bin/env bash
-# The main job, end to end on the embedded default (SmolLM2-135M-Instruct, bundled GSM8K slice, CPU):
-#   import -> generate -> score (math verifier) -> pair -> inspect -> eval before
-#   -> humanline DPO on the shards -> eval after.
+# The main job, end to end on the embedded default (SmolLM2-135M-Instruct, two-digit arithmetic, CPU):
+#   generate the task -> import -> sample once with the initial model -> score (math verifier)
+#   -> GRPO groups -> inspect -> eval before -> humanline GRPO on that stale shard -> eval after.
 # Everything lands under $RUN (default runs/main). Sizes can be shrunk with the env vars below.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 RUN="${RUN:-runs/main}"
-PROMPTS="${PROMPTS:-24}"        # training prompts taken from the bundled slice
-SAMPLES="${SAMPLES:-4}"         # completions per prompt
-EVAL="${EVAL:-40}"              # held-out problems for pass@1
-STEPS="${STEPS:-12}"            # optimizer steps of humanline DPO
-MAXTOK="${MAXTOK:-128}"         # max new tokens when sampling
-FORMAT_W="${FORMAT_W:-0.5}"     # weight of the final-answer-format reward component
+PROMPTS="${PROMPTS:-256}"       # training problems, sampled once
+SAMPLES="${SAMPLES:-8}"         # completions per training problem (one GRPO group)
+EVAL="${EVAL:-300}"             # held-out problems for greedy pass@1
+EPOCHS="${EPOCHS:-1}"           # passes of humanline GRPO over the stale groups (BATCH completions a step)
+MAXTOK="${MAXTOK:-16}"          # max new tokens when sampling and evaluating
 MODEL=smollm2-135m-instruct
 DATA="$RUN/data"
 mkdir -p "$RUN"
-BUNDLED="$(python -c 'from humanline_data import bundled; print(bundled.path("gsm8k_train.jsonl"))')"
-HELDOUT="$(python -c 'from humanline_data import bundled; print(bundled.path("gsm8k_test.jsonl"))')"
 
 step() { echo; echo "== $*" >&2; }
 last() { tail -n 1; }
 
-step "import bundled GSM8K slices"
-TRAIN_P=$(humanline-data import "$BUNDLED" --format gsm8k --split train --limit "$PROMPTS" --out "$DATA/prompts" | last)
-TEST_P=$(humanline-data import "$HELDOUT" --format gsm8k --split test --limit "$EVAL" --out "$DATA/heldout" | last)
+step "arithmetic task: $EVAL held-out and $PROMPTS training problems (disjoint)"
+python pipelines/arithmetic.py --test "$EVAL" --train "$PROMPTS" --out "$RUN/task" >&2
+TRAIN_P=$(humanline-data import "$RUN/task/train.jsonl" --format prompts --split train --out "$DATA/prompts" | last)
+TEST_P=$(humanline-data import "$RUN/task/test.jsonl" --format prompts --split test --out "$DATA/heldout" | last)
 
-step "generate $SAMPLES samples per prompt with $MODEL"
+step "generate $SAMPLES samples per training problem with $MODEL (once: the stale shard)"
 COMP=$(humanline-data generate "$TRAIN_P" --model "$MODEL" --n "$SAMPLES" --temperature 0.7 --top-p 0.95 \
   --max-new-tokens "$MAXTOK" --seed 0 --out "$DATA/completions" | last)
 
-step "score: math-verified correctness (1.0) + $FORMAT_W x explicit final-answer format"
-SCORED=$(humanline-data score "$COMP" --scorer math --format-weight "$FORMAT_W" --out "$DATA/scored" | last)
+step "score: math-verified correctness"
+SCORED=$(humanline-data score "$COMP" --scorer math --out "$DATA/scored" | last)
 
-step "build pairs (threshold 0.01)"
-PAIRS=$(humanline-data pair "$SCORED" --mode pairs --threshold 0.01 --out "$DATA/pairs" | last)
+step "build GRPO groups (groups whose samples are all right or all wrong are dropped)"
+GROUPED=$(humanline-data pair "$SCORED" --mode groups --out "$DATA/groups" | last)
 
 step "inspect"
 humanline-data inspect "$SCORED" | tee "$RUN/inspect_scored.txt" >&2
-humanline-data inspect "$PAIRS" | tee "$RUN/inspect_pairs.txt" >&2
+humanline-data inspect "$GROUPED" | tee "$RUN/inspect_groups.txt" >&2
 
+evaluate() {  # greedy pass@1 of model $1 on the held-out problems into $RUN/eval_$2.json
+  humanline-train eval --model "$1" --prompts "$TEST_P" --scorer math --max-new-tokens "$MAXTOK" \
+    --out "$RUN/eval_$2.json" >&2
+}
 step "held-out pass@1 before training"
-humanline-train eval --model "$MODEL" --prompts "$TEST_P" --scorer math --max-new-tokens "$MAXTOK" \
-  --out "$RUN/eval_before.json" >&2
+evaluate "$MODEL" before
 
-step "train humanline DPO ($STEPS steps, sync every step, clip [-1.5, 1.5])"
-TRAIN=$(humanline-train --shards "$PAIRS" --loss dpo --model "$MODEL" --out "$RUN/train" --sync-k 1 \
-  --max-steps "$STEPS" --batch-size "${BATCH:-2}" --lr "${LR:-5e-6}" --max-length 512 --seed 0 | last)
+step "train humanline GRPO, LoRA r16 ($EPOCHS epoch(s), sync every step, clip [-1.5, 1.5])"
+TRAIN=$(humanline-train train --shards "$GROUPED" --loss grpo --model "$MODEL" --out "$RUN/train" --sync-k 1 \
+  --lora-r 16 --lr "${LR:-2e-4}" --epochs "$EPOCHS" --batch-size "${BATCH:-8}" --max-length 96 --seed "${SEED:-0}" | last)
 FINAL=$(ls -d "$TRAIN"/checkpoints/step-* | sort -V | tail -n 1)
 
 step "held-out pass@1 after training"
-humanline-train eval --model "$FINAL" --prompts "$TEST_P" --scorer math --max-new-tokens "$MAXTOK" \
-  --out "$RUN/eval_after.json" >&2
+evaluate "$FINAL" after
 humanline-train plot "$TRAIN" --out "$RUN/train_curves.png" >&2
 python - "$RUN" <<'PY'
-import json, sys
+import json, math, sys
 run = sys.argv[1]
 b, a = (json.load(open(f"{run}/eval_{w}.json")) for w in ("before", "after"))
+gain, se = a["value"] - b["value"], math.hypot(b["se"], a["se"])
 print(f"held-out pass@1 on {b['count']} problems: before {b['value']:.3f} ± {b['se']:.3f}, "
-      f"after {a['value']:.3f} ± {a['se']:.3f}")
+      f"after {a['value']:.3f} ± {a['se']:.3f}, gain {gain:+.3f} ± {se:.3f} "
+      f"({'>' if gain > 2 * se else 'not >'} 2 SE)")
 PY
 echo "$RUN"

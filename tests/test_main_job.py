@@ -1,5 +1,5 @@
-"""The README's main job (scripts/main.sh) end to end at a small size: bundled GSM8K -> generate
--> score -> pair -> inspect -> eval -> humanline DPO -> eval -> plot, on the embedded model."""
+"""The README's main job (scripts/main.sh) end to end at a small size: arithmetic task -> import
+-> generate -> score -> GRPO groups -> inspect -> eval -> humanline GRPO -> eval -> plot."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZES = {"PROMPTS": "8", "SAMPLES": "4", "EVAL": "4", "STEPS": "2", "MAXTOK": "128", "BATCH": "1"}
+SIZES = {"PROMPTS": "16", "SAMPLES": "8", "EVAL": "4", "EPOCHS": "1", "BATCH": "8"}
 
 
 @pytest.mark.slow
-def test_main_job_runs_every_stage_and_reports_accuracy(tmp_path):
+def test_main_job_runs_every_stage_and_reports_the_gain(tmp_path):
     run = tmp_path / "main"
     env = {**os.environ, **SIZES, "RUN": str(run), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(["bash", str(ROOT / "scripts" / "main.sh")], cwd=ROOT, env=env, capture_output=True,
@@ -23,18 +23,21 @@ def test_main_job_runs_every_stage_and_reports_accuracy(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout.strip().splitlines()
     assert out[-1] == str(run)
-    assert out[-2].startswith("held-out pass@1 on 4 problems: before ")
+    assert out[-2].startswith("held-out pass@1 on 4 problems: before ") and "2 SE)" in out[-2]
 
     manifests = {name: json.loads((run / "data" / name / "v1" / "manifest.json").read_text())
-                 for name in ("prompts", "completions", "scored", "pairs")}
-    assert manifests["prompts"]["rows"] == 8
-    assert manifests["completions"]["rows"] + manifests["completions"]["stats"].get("empty_completions", 0) == 32
-    assert manifests["pairs"]["rows"] >= 2
-    assert [Path(p["path"]) for p in manifests["pairs"]["parents"]] == [(run / "data" / "scored" / "v1").resolve()]
+                 for name in ("prompts", "heldout", "completions", "scored", "groups")}
+    assert manifests["prompts"]["rows"] == 16 and manifests["heldout"]["rows"] == 4
+    assert manifests["completions"]["rows"] + manifests["completions"]["stats"].get("empty_completions", 0) == 128
+    assert manifests["groups"]["kind"] == "groups" and 1 <= manifests["groups"]["rows"] <= 16
+    assert [Path(p["path"]) for p in manifests["groups"]["parents"]] == [(run / "data" / "scored" / "v1").resolve()]
     for when in ("before", "after"):
         result = json.loads((run / f"eval_{when}.json").read_text())
         assert result["count"] == 4 and 0 <= result["value"] <= 1
-    metrics = (run / "train" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in metrics] == [1, 2]
+    settings = json.loads((run / "train" / "settings.json").read_text())
+    assert settings["loss"] == "grpo" and settings["model"]["lora_r"] == 16
+    assert settings["humanline"]["sync"] and settings["humanline"]["clip"] and settings["humanline"]["sync_k"] == 1
+    metrics = [json.loads(line) for line in (run / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, len(metrics) + 1)) and metrics
     assert (run / "train_curves.png").stat().st_size > 0
-    assert "rows" in (run / "inspect_pairs.txt").read_text()
+    assert "rows" in (run / "inspect_groups.txt").read_text()
