@@ -355,8 +355,7 @@ def report(args, steps: Steps, before: dict, data: dict, variants: dict, records
                         f"{args.steps} steps of {args.prompts_per_step} x {args.n} completions, "
                         f"{args.steps * args.prompts_per_step * args.n} per run; best k (training reward): {k_star}. "
                         + (f"NOT RUN YET (rerun the same command to resume): {', '.join(left)}. " if left else "")
-                        + f"Wall time so far: {steps.elapsed() / 60:.0f} min. "
-                        "Gap closed: (variant - stale) / (online - stale), delta-method se. "
+                        + "Gap closed: (variant - stale) / (online - stale), delta-method se. "
                         "Curves: rewards.png, fractions.png." + (" DRY RUN: tiny random model, numbers are meaningless."
                                                                   if args.dry_run else ""))
 
