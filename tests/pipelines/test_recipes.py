@@ -71,10 +71,11 @@ def test_instruction_following_dry_run(tmp_path):
         for shard in r["shards"]:  # the shard trained on: pairs/unpaired <- scored <- completions <- prompts
             kinds = lineage(shard)
             assert kinds[1:3] == ["scored", "completions"] and kinds[-1] == "prompts"
-        if "online" in name:  # every round after the first was sampled by a checkpoint of this run
+        if "online" in name:  # the second round was sampled by the live engine holding this run's step-1 weights
             assert settings["online"]["refresh_every"] == 1 and len(r["shards"]) == 2
             sampler = manifest(manifest(manifest(r["shards"][1])["parents"][0]["path"])["parents"][0]["path"])
-            assert r["run_dir"] in json.dumps(sampler["producer"]) + json.dumps(sampler["params"])
+            assert (sampler["producer"]["engine"], sampler["producer"]["step"]) == ("live", 1)
+            assert len(sampler["producer"]["weights_sha256"]) == 16
         else:
             assert r["shards"] == [results["data"]["unpaired" if r["loss"] == "kto" else "pairs"]]
     assert results["initial"]["eval"]["count"] == 4
