@@ -89,13 +89,11 @@ class CopyReference:
     def sync(self, policy: torch.nn.Module, window: Window) -> None:
         """Copy the policy's trained parameters in; frozen ones (a LoRA run's base weights, 99% of
         them) are equal since the copy was made, so a sync moves only the adapters."""
-        source = extract_model_from_parallel(policy)
-        trained = {name for name, p in source.named_parameters() if p.requires_grad}
-        target = self.model.state_dict()
+        target = dict(self.model.named_parameters())
         with torch.no_grad():
-            for name, tensor in source.state_dict().items():
-                if name in trained:
-                    target[name].copy_(tensor)
+            for name, p in extract_model_from_parallel(policy).named_parameters():
+                if p.requires_grad:
+                    target[name].copy_(p)
 
     def logps(self, step: int, index: int, batch: Batch) -> list[torch.Tensor]:
         with self.autocast():
