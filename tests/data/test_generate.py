@@ -146,6 +146,36 @@ def test_same_seed_same_completions_other_seed_differs(prompts, tiny_model, tmp_
     assert a != c
 
 
+@pytest.mark.parametrize("temperature", [0.7, 0.0])
+def test_shared_prompt_prefill_samples_what_one_row_at_a_time_samples(tiny_model, temperature):
+    """The backend runs each prompt once and repeats its cache for the samples; every sample must
+    be what ``generate`` alone on that one row (no padding, no shared cache) gives with its seed."""
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    from humanline_data.backends import load_backend, prompt_token_ids
+
+    backend = load_backend("transformers", tiny_model)
+    prompts = [[{"role": "user", "content": "Hi"}],
+               [{"role": "user", "content": "A much longer question, so that the batch is left-padded?"}],
+               [{"role": "user", "content": "No samples of this one"}]]
+    seeds = [[11, 12, 13], [21, 22], []]
+    params = SamplingParams(n=3, temperature=temperature, top_p=1.0, max_new_tokens=6)
+    got = backend.generate(prompts, seeds, params)
+    assert [len(s) for s in got] == [3, 2, 0]
+    ids = prompt_token_ids(backend.tokenizer, prompts)
+    for i, row_seeds in enumerate(seeds):
+        for seed, sample in zip(row_seeds, got[i]):
+            sampler = SeededSampler([seed], params, backend.eos_ids)
+            out = backend.model.generate(
+                input_ids=torch.tensor([ids[i]]), attention_mask=torch.ones(1, len(ids[i]), dtype=torch.long),
+                generation_config=GenerationConfig(max_new_tokens=6, do_sample=False, eos_token_id=backend.eos_ids,
+                                                   pad_token_id=backend.pad_id),
+                logits_processor=LogitsProcessorList([sampler]))
+            alone = backend._sample(out[0, len(ids[i]):].tolist(), float(sampler.logprob_sum[0]))
+            assert (sample.text, sample.tokens) == (alone.text, alone.tokens)
+            assert sample.logprob_sum == pytest.approx(alone.logprob_sum, abs=1e-4)
+
+
 def test_greedy_samples_are_identical_across_sample_indices(prompts, tiny_model, tmp_path):
     rows = open_version(generate(prompts, tmp_path / "g", tiny_model, **{**FAST, "temperature": 0.0})).read().to_pylist()
     by_prompt: dict[str, set] = {}

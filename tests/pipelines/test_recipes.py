@@ -110,7 +110,7 @@ def test_math_reasoning_dry_run(tmp_path):
 @pytest.mark.slow
 def test_cpu_replication_dry_run(tmp_path):
     run = tmp_path / "cpu"
-    done = run_recipe("cpu_replication", run, "--dry-run")
+    done = run_recipe("cpu_replication", run, "--dry-run", "--workers", "2")
     phase_one = ["online", "stale2", "stale2+humanline k=1", "stale2+humanline k=2", "offline"]
     first_shards = [f"{cpu_replication.slug(n)}_seed0_round0" for n in phase_one]
     results = assert_common_outputs(run, done, ["train", "test", *first_shards])
@@ -129,7 +129,7 @@ def test_cpu_replication_dry_run(tmp_path):
         assert (settings["humanline"]["sync"], settings["humanline"]["clip"]) == (sync, clip), name
         if sync:
             assert settings["humanline"]["sync_k"] == sync_k, name
-        assert settings["model"]["lora_r"] == 16
+        assert settings["model"]["lora_r"] == 16 and settings["model"]["layout"] == "packed"
         assert len(record["rounds"]) == 4 // every and 0.0 <= summary[name]["accuracy"] <= 1.0
         assert len(record["unclamped_frac"]) == 4 and record["train_seconds"] > 0
     for name in ("online", "stale2"):  # the gap's ends
@@ -141,6 +141,34 @@ def test_cpu_replication_dry_run(tmp_path):
     assert_png(run / "rewards.png")
     assert_png(run / "fractions.png")
     assert "gap closed" in (run / "results.md").read_text()
+
+
+def test_parallel_runs_keep_seed_order_and_stop_at_the_budget(tmp_path):
+    """Runs finishing out of order (seed 0 of "a" last) still land in each variant's records by seed;
+    past --max-minutes nothing new starts."""
+    import threading
+    import time
+
+    args = cpu_replication.parse_args(["--out", str(tmp_path), "--workers", "2", "--dry-run"])
+    steps = Steps(tmp_path)
+    todo = [(seed, name) for seed in range(3) for name in ("a", "b")]
+    started, lock = [], threading.Lock()
+
+    def run(seed, name):
+        with lock:
+            started.append((seed, name))
+        time.sleep(0.3 if (seed, name) == (0, "a") else 0.01)
+        return {"seed": seed, "name": name}
+
+    records: dict = {}
+    seen = []
+    cpu_replication.run_all(args, steps, todo, run, records, lambda: seen.append({k: len(v) for k, v in records.items()}))
+    assert {name: [r["seed"] for r in runs] for name, runs in records.items()} == {"a": [0, 1, 2], "b": [0, 1, 2]}
+    assert sorted(started) == sorted(todo) and len(seen) == 6
+    args.max_minutes = 0.0  # out of time before anything starts
+    late: dict = {}
+    cpu_replication.run_all(args, steps, todo, run, late, lambda: None)
+    assert late == {} and len(started) == 6
 
 
 def test_arithmetic_problems_are_disjoint_correct_and_seeded():
