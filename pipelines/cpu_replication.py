@@ -16,15 +16,18 @@ same held-out set (greedy pass@1 on ``--eval-size`` problems disjoint from train
 online                     sample every 1   plain GRPO (reference = policy at the round)
 staleR                     every R steps    plain GRPO
 staleR+humanline k=K       every R steps    humanline: sync every K steps, clip, for K in --k-values
+offline                    once             plain GRPO on samples of the initial model
 staleR+sync only k=K*      every R steps    ``--no-clip`` at the best K (K*)
 staleR+clip only           every R steps    ``--no-sync``: reference = the policy at the round
-offline                    once             plain GRPO on samples of the initial model
+offline+humanline k=K*     once             humanline at K* on the offline samples
 =========================  ===============  ============================================
 
 Phase 1 runs online, staleR, the k sweep and offline, seed by seed; K* is then the k whose
 runs' own training samples were right most often over the second half of training (mean over
 seeds; training reward, so the held-out set plays no part in the choice); phase 2 runs the two
-ablations at K*. ``--seeds`` training seeds 0..N-1 per variant (the task is fixed).
+ablations and offline + humanline at K*. ``--seeds`` training seeds 0..N-1 per variant (the
+task is fixed). Each humanline variant's "gap closed" is measured between its plain
+counterpart (staleR or offline: same data, no humanline) and online.
 
 ``--scale`` picks the sizes (each also a flag of its own, which wins):
 
@@ -41,7 +44,7 @@ costs (README): LoRA (r 16, alpha 32, all linear layers) instead of full fine-tu
 8 completions: ~2 s vs ~3.5 s), 16 new tokens, ``--max-length 96``.
 
 Reports, in RUN_DIR: ``results.json`` / ``results.md`` (held-out accuracy mean +/- standard
-error over seeds; the fraction of the stale -> online gap each humanline variant closes, with
+error over seeds; the fraction of the plain -> online gap each humanline variant closes, with
 its delta-method standard error; training-sample accuracy; unclamped and PPO-clip fractions;
 sampling and training seconds), ``rewards.png`` (training-sample accuracy per R-step window,
 mean over seeds), ``fractions.png`` (unclamped and clip fractions over training),
@@ -124,16 +127,20 @@ def phase_one(args) -> dict[str, dict]:
     plain = {"sync": False, "clip": False}
     variants = {"online": {"every": 1, "humanline": plain}, f"stale{r}": {"every": r, "humanline": plain}}
     for k in args.k_values:
-        variants[f"stale{r}+humanline k={k}"] = {"every": r, "humanline": {"sync_k": k}, "k": k}
+        variants[f"stale{r}+humanline k={k}"] = {"every": r, "humanline": {"sync_k": k}, "k": k, "plain": f"stale{r}"}
     variants["offline"] = {"every": args.steps, "humanline": plain}
     return variants
 
 
 def phase_two(args, best_k: int) -> dict[str, dict]:
-    """The Fig. 5 ablations at ``best_k``: sync only (no clip), clip only (no sync)."""
+    """The Fig. 5 ablations at ``best_k``, sync only (no clip) and clip only (no sync), and full
+    humanline at ``best_k`` on the offline samples (``plain``: the variant without humanline)."""
     r = args.stale_every
-    return {f"stale{r}+sync only k={best_k}": {"every": r, "humanline": {"sync_k": best_k, "clip": False}, "k": best_k},
-            f"stale{r}+clip only": {"every": r, "humanline": {"sync": False}}}
+    return {f"stale{r}+sync only k={best_k}": {"every": r, "humanline": {"sync_k": best_k, "clip": False}, "k": best_k,
+                                               "plain": f"stale{r}"},
+            f"stale{r}+clip only": {"every": r, "humanline": {"sync": False}, "plain": f"stale{r}"},
+            f"offline+humanline k={best_k}": {"every": args.steps, "humanline": {"sync_k": best_k}, "k": best_k,
+                                              "plain": "offline"}}
 
 
 def train_settings(args, prompts: str, variant: dict, seed: int) -> dict:
@@ -150,7 +157,7 @@ def train_settings(args, prompts: str, variant: dict, seed: int) -> dict:
 def best_k(args, records: dict[str, list[dict]]) -> int:
     """The k of the sweep whose runs' training samples were right most often over the second half."""
     scores = {variant["k"]: mean_se([r["late_sample_accuracy"] for r in records[name]])[0]
-              for name, variant in phase_one(args).items() if "k" in variant}
+              for name, variant in phase_one(args).items() if "k" in variant}  # the stale k sweep
     return max(scores, key=lambda k: (scores[k], -k))
 
 
@@ -195,9 +202,9 @@ def slug(name: str) -> str:
 
 
 def gap_closed(variant: tuple[float, float], stale: tuple[float, float], online: tuple[float, float]) -> tuple[float, float] | None:
-    """(fraction, standard error) of the stale -> online gap a variant closes: (v - s) / (o - s),
-    each argument (mean, se over seeds); the se by the delta method (v, s, o independent).
-    None when the gap o - s is 0."""
+    """(fraction, standard error) of the plain -> online gap a variant closes: (v - s) / (o - s),
+    each argument (mean, se over seeds), ``stale`` the plain variant on the same data; the se by
+    the delta method (v, s, o independent). None when the gap o - s is 0."""
     (v, sv), (s, ss), (o, so) = variant, stale, online
     gain, gap = v - s, o - s
     if gap == 0:
@@ -225,12 +232,20 @@ def summarize(args, variants: dict[str, dict], records: dict[str, list[dict]]) -
             "train_seconds": mean_se([r["train_seconds"] for r in runs])[0],
             "sampling_seconds": mean_se([r["sampling_seconds"] for r in runs])[0],
         }
-    stale, online = out.get(f"stale{args.stale_every}"), out.get("online")
+    online = out.get("online")
     for name, s in out.items():
-        ends = (s, stale, online)
-        closed = gap_closed(*[(x["accuracy"], x["accuracy_se"] or 0.0) for x in ends]) if stale and online else None
+        plain = out.get(variants[name].get("plain"))
+        s["plain"] = variants[name].get("plain")
+        s["gap"] = s["gap_se"] = s["gap_closed"] = s["gap_closed_se"] = None
+        if not (plain and online):
+            continue
+        ends = (s, plain, online)
+        one_seed = any(x["accuracy_se"] is None for x in ends)  # no spread to propagate
+        s["gap"] = online["accuracy"] - plain["accuracy"]
+        s["gap_se"] = None if one_seed else math.hypot(online["accuracy_se"], plain["accuracy_se"])
+        closed = gap_closed(*[(x["accuracy"], x["accuracy_se"] or 0.0) for x in ends])
         s["gap_closed"], s["gap_closed_se"] = closed if closed else (None, None)
-        if any(x["accuracy_se"] is None for x in ends if x):  # one seed somewhere: no spread to propagate
+        if one_seed:
             s["gap_closed_se"] = None
     return out
 
@@ -366,7 +381,7 @@ def report(args, steps: Steps, before: dict, data: dict, variants: dict, records
     summary = summarize(args, variants, records)
     plot(args, records, run)
     left = [name if name not in records else f"{name} (seeds {len(records[name])}..{args.seeds - 1})" for name in variants
-            if len(records.get(name, [])) < args.seeds] + ([] if k_star else ["sync only and clip only at the best k"])
+            if len(records.get(name, [])) < args.seeds] + ([] if k_star else ["sync only, clip only and offline + humanline at the best k"])
     results = {
         "recipe": "cpu_replication", "dry_run": args.dry_run, "model": args.model, "scorer": args.scorer,
         "settings": {k: v for k, v in vars(args).items() if k != "out"}, "task_seed": arithmetic.TASK_SEED, "data": data,
@@ -375,21 +390,23 @@ def report(args, steps: Steps, before: dict, data: dict, variants: dict, records
         "training_sample_accuracy_windows": {name: windows(args, runs) for name, runs in records.items()},
         "step_seconds": steps.seconds, "wall_seconds": steps.elapsed(),
     }
-    rows = [["initial model", "-", "-", "-", "-", fmt(before["value"], before["se"]), "-", "-", "-", "-", "-", "-"]]
+    rows = [["initial model", "-", "-", "-", "-", fmt(before["value"], before["se"]), "-", "-", "-", "-", "-", "-", "-", "-"]]
     for name, s in summary.items():
         rows.append([name, s["sample_every"], s["sync_k"] or "-", "yes" if s["clip"] else "no", len(s["per_seed_accuracy"]),
-                     fmt(s["accuracy"], s["accuracy_se"]), fmt(s["gap_closed"], s["gap_closed_se"], 2),
+                     fmt(s["accuracy"], s["accuracy_se"]), s["plain"] or "-", fmt(s["gap"], s["gap_se"]),
+                     fmt(s["gap_closed"], s["gap_closed_se"], 2),
                      fmt(s["late_sample_accuracy"]), fmt(s["unclamped_frac"]), fmt(s["clip_frac"]),
                      f"{s['sampling_seconds']:.0f}", f"{s['train_seconds']:.0f}"])
     write_results(run, results, "CPU replication: GRPO sampling interval, k sweep and ablations (two-digit arithmetic)",
                   ["variant", "sample every (steps)", "sync k", "clip", "seeds", "held-out accuracy (mean ± se over seeds)",
-                   "stale -> online gap closed", "training samples right (2nd half)", "unclamped frac", "PPO clip frac",
+                   "plain variant", "plain -> online gap", "gap closed", "training samples right (2nd half)", "unclamped frac", "PPO clip frac",
                    "sampling s / run", "train s / run"], rows,
                   notes=f"Model `{args.model}` (LoRA r {args.lora_r}); {before['count']} held-out problems, greedy; "
                         f"{args.steps} steps of {args.prompts_per_step} x {args.n} completions, "
                         f"{args.steps * args.prompts_per_step * args.n} per run; best k (training reward): {k_star}. "
                         + (f"NOT RUN YET (rerun the same command to resume): {', '.join(left)}. " if left else "")
-                        + "Gap closed: (variant - stale) / (online - stale), delta-method se. "
+                        + "Gap closed: (variant - plain) / (online - plain), plain = the same data without humanline, "
+                        "delta-method se; it means something only where the gap is several se wide. "
                         "Curves: rewards.png, fractions.png." + (" DRY RUN: tiny random model, numbers are meaningless."
                                                                   if args.dry_run else ""))
 

@@ -116,12 +116,13 @@ def test_cpu_replication_dry_run(tmp_path):
     results = assert_common_outputs(run, done, ["train", "test", *first_shards])
     k = results["best_k"]
     summary = results["variants"]
-    assert list(summary) == phase_one + [f"stale2+sync only k={k}", "stale2+clip only"]
+    assert list(summary) == phase_one + [f"stale2+sync only k={k}", "stale2+clip only", f"offline+humanline k={k}"]
     assert {s["completions_generated"] for s in summary.values()} == {8}  # 4 steps x 1 prompt x 2 samples each
     # the trainer ran each variant with its sampling interval and humanline halves
     expected = {"online": (1, False, False, None), "stale2": (2, False, False, None), "offline": (4, False, False, None),
                 "stale2+humanline k=1": (2, True, True, 1), "stale2+humanline k=2": (2, True, True, 2),
-                f"stale2+sync only k={k}": (2, True, False, k), "stale2+clip only": (2, False, True, None)}
+                f"stale2+sync only k={k}": (2, True, False, k), "stale2+clip only": (2, False, True, None),
+                f"offline+humanline k={k}": (4, True, True, k)}
     for name, (every, sync, clip, sync_k) in expected.items():
         record = results["seeds"][name][0]
         settings = json.loads((Path(record["run_dir"]) / "settings.json").read_text())
@@ -132,8 +133,17 @@ def test_cpu_replication_dry_run(tmp_path):
         assert settings["model"]["lora_r"] == 16 and settings["model"]["layout"] == "packed"
         assert len(record["rounds"]) == 4 // every and 0.0 <= summary[name]["accuracy"] <= 1.0
         assert len(record["unclamped_frac"]) == 4 and record["train_seconds"] > 0
-    for name in ("online", "stale2"):  # the gap's ends
-        assert summary[name]["gap_closed"] in (None, 0.0, 1.0)
+    # each humanline variant's gap runs from its plain counterpart (same data) to online
+    plain = {name: s["plain"] for name, s in summary.items()}
+    assert plain == {"online": None, "stale2": None, "offline": None, "stale2+humanline k=1": "stale2",
+                     "stale2+humanline k=2": "stale2", f"stale2+sync only k={k}": "stale2", "stale2+clip only": "stale2",
+                     f"offline+humanline k={k}": "offline"}
+    for name, s in summary.items():
+        if s["plain"]:
+            gap = summary["online"]["accuracy"] - summary[s["plain"]]["accuracy"]
+            assert s["gap"] == pytest.approx(gap)
+            expected = None if gap == 0 else (s["accuracy"] - summary[s["plain"]]["accuracy"]) / gap
+            assert s["gap_closed"] == pytest.approx(expected)
     # train and test problems are disjoint
     train = {json.dumps(json.loads(x)["prompt"]) for x in (run / "task" / "train.jsonl").read_text().splitlines()}
     test = {json.dumps(json.loads(x)["prompt"]) for x in (run / "task" / "test.jsonl").read_text().splitlines()}
