@@ -36,16 +36,12 @@ def full_rows_generate(backend, prompts, seeds, params) -> list[str]:
     from transformers import GenerationConfig, LogitsProcessorList
 
     from humanline_data.backends import prompt_token_ids
-    from humanline_data.backends.transformers_backend import SeededSampler
+    from humanline_data.backends.transformers_backend import SeededSampler, left_pad
 
     ids = prompt_token_ids(backend.tokenizer, prompts)
     rows = [(ids[i], s) for i in range(len(prompts)) for s in seeds[i]]
-    width = max(len(r) for r, _ in rows)
-    input_ids = torch.full((len(rows), width), backend.pad_id, dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    for r, (toks, _) in enumerate(rows):
-        input_ids[r, width - len(toks):] = torch.tensor(toks)
-        mask[r, width - len(toks):] = 1
+    input_ids, mask = left_pad([toks for toks, _ in rows], backend.pad_id)
+    width = input_ids.shape[1]
     sampler = SeededSampler([s for _, s in rows], params, backend.eos_ids)
     with torch.inference_mode():
         out = backend.model.generate(input_ids=input_ids, attention_mask=mask, logits_processor=LogitsProcessorList([sampler]),

@@ -113,12 +113,8 @@ class TransformersBackend:
         if not rows:
             return [[] for _ in prompts]
         sampled = sorted({i for i, _ in rows})  # prompts with at least one sample
-        width = max(len(ids[i]) for i in sampled)
-        prompt_ids = torch.full((len(sampled), width), self.pad_id, dtype=torch.long)
-        prompt_mask = torch.zeros((len(sampled), width), dtype=torch.long)
-        for r, i in enumerate(sampled):
-            prompt_ids[r, width - len(ids[i]):] = torch.tensor(ids[i])
-            prompt_mask[r, width - len(ids[i]):] = 1
+        prompt_ids, prompt_mask = left_pad([ids[i] for i in sampled], self.pad_id)
+        width = prompt_ids.shape[1]
         row_of = {i: r for r, i in enumerate(sampled)}
         expand = torch.tensor([row_of[i] for i, _ in rows])
         cache = self._prefill(prompt_ids[:, :-1], prompt_mask[:, :-1], expand)
@@ -159,6 +155,18 @@ class TransformersBackend:
         kept = new_tokens if stop is None else new_tokens[: stop + 1]
         text = self.tokenizer.decode(kept, skip_special_tokens=True)
         return Sample(text, len(kept), "length" if stop is None else "stop", logprob_sum)
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` of token ids right-aligned in one batch: (ids [rows, longest], mask [rows, longest],
+    1 on real tokens, 0 on the ``pad_id`` padding at the left)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, tokens in enumerate(rows):
+        ids[r, width - len(tokens):] = torch.tensor(tokens)
+        mask[r, width - len(tokens):] = 1
+    return ids, mask
 
 
 def _eos_ids(tokenizer, generation_config) -> list[int]:

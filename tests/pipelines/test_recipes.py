@@ -238,7 +238,7 @@ def test_grpo_variants_see_the_same_completions():
             assert f["batch_size"] * f["grad_accum"] == args.prompts_per_step * args.n
             assert f["batch_size"] == args.n  # one group per micro-batch
             assert f["max_steps"] == args.steps and f["lora_r"] == args.lora_r
-        assert len(set(per_variant)) == 1 and len(variants) == 8
+        assert len(set(per_variant)) == 1 and len(variants) == 9
     cpu = cpu_replication.parse_args(["--out", "x"])
     assert (cpu.steps, cpu.stale_every, cpu.k_values, cpu.seeds, cpu.eval_size) == (128, 16, [1, 4, 16], 3, 200)
     assert cpu_replication.parse_args(["--out", "x", "--steps", "64", "--k-values", "2,8"]).k_values == [2, 8]
