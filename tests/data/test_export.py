@@ -224,10 +224,11 @@ def test_trl_dpo_trainer_takes_the_exported_pairs(versions, tiny_model, tmp_path
 
     file = exported(versions["pairs"], "trl", tmp_path / "pairs.jsonl")
     train = datasets.load_dataset("json", data_files=str(file), split="train")
-    assert trl.data_utils.is_conversational(train[0])
+    assert train.num_rows == len(rows_of(versions["pairs"])) and trl.data_utils.is_conversational(train[0])
     config = trl.DPOConfig(output_dir=str(tmp_path / "run"), max_steps=1, report_to=[], bf16=False,
-                           per_device_train_batch_size=2, max_length=256, logging_steps=1, save_strategy="no")
+                           per_device_train_batch_size=2, max_length=128, save_strategy="no",
+                           dataloader_pin_memory=False)
     trainer = trl.DPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model), args=config,
-                             train_dataset=train, processing_class=AutoTokenizer.from_pretrained(tiny_model))
+                             train_dataset=train.select(range(2)), processing_class=AutoTokenizer.from_pretrained(tiny_model))
     result = trainer.train()
     assert result.global_step == 1 and result.training_loss > 0
