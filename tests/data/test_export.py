@@ -6,6 +6,7 @@ DPOTrainer taking the exported pairs where trl is installed."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -217,9 +218,10 @@ def test_export_leaves_no_temporary_file_and_a_dataset_dir_means_its_latest(vers
     assert [json.loads(line) for line in out.read_text().splitlines()] == rows_of(versions["prompts"])
 
 
+@pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("trl", "datasets")), reason="trl or datasets is not installed")
 def test_trl_dpo_trainer_takes_the_exported_pairs(versions, tiny_model, tmp_path):
-    trl = pytest.importorskip("trl", reason="trl is not installed")
-    datasets = pytest.importorskip("datasets", reason="datasets is not installed")
+    import datasets
+    import trl
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     file = exported(versions["pairs"], "trl", tmp_path / "pairs.jsonl")
