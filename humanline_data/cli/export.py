@@ -17,7 +17,7 @@ from humanline_data.targets import EXPORT_FORMATS
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="The file to write; never overwritten, and not inside a dataset folder.")
 def export(version: Path, fmt: str, out: Path) -> None:
-    """Write VERSION (a version dir, or a dataset dir = its latest) as one FMT file at OUT."""
+    """Write VERSION (a version dir, or a dataset dir = its latest) as one file in --format at --out."""
     from humanline_data.exporters import export as run
 
     path, written = run(version, fmt, out)
