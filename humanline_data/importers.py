@@ -1,5 +1,6 @@
-"""``import``: outside data (JSON, JSON lines, gzip, Parquet; see :mod:`humanline_data.formats`)
--> one new version of kind prompts, completions, scored, pairs or unpaired.
+"""``import``: outside data (JSON, JSON lines, gzip, Parquet, ``datasets`` and Hub folders; see
+:mod:`humanline_data.formats` and :mod:`humanline_data.formats.layouts`) -> one new version of
+kind prompts, completions, scored, pairs or unpaired.
 
 The driver reads every source record, lets the format's reader turn it into a row, then fills
 the contract's bookkeeping columns:
@@ -7,9 +8,10 @@ the contract's bookkeeping columns:
 - ``prompt_id`` = :func:`humanline_data.schema.prompt_id` of the prompt messages;
 - ``source`` = ``<format>/<file name without suffixes>`` unless the record names one;
 - ``split`` (prompts, completions, scored) = ``split`` argument, else the record's ``split``,
-  else inferred from the file name (``train``; ``test``/``eval`` -> test; ``val``/``dev`` ->
-  validation), else ``train`` as Hugging Face ``datasets`` names the rows of a file without a
-  split (the manifest's ``stats.split_defaulted_to_train`` lists those sources);
+  else the split its folder names (``datasets``/Hub layouts), else inferred from the file name
+  (``train``; ``test``/``eval`` -> test; ``val``/``dev`` -> validation), else ``train`` as
+  Hugging Face ``datasets`` names the rows of a file without a split (the manifest's
+  ``stats.split_defaulted_to_train`` lists those sources);
 - ``sample_idx`` (completions, scored) = the record's, else 0, 1, ... per prompt in file order;
 - ``metadata`` = JSON object of the columns the reader did not use (merged with an incoming
   ``metadata`` object), null when there are none.
@@ -37,7 +39,7 @@ from humanline_data import store
 from humanline_data.errors import InputFormatError, SchemaError
 from humanline_data.formats import FORMATS, READERS, detect
 from humanline_data.formats.fields import RecordError
-from humanline_data.formats.sources import fingerprint, read_records, source_name
+from humanline_data.formats.layouts import sources_of
 from humanline_data.schema import SCHEMAS, prompt_id
 
 _SPLIT_WORDS = {
@@ -178,16 +180,17 @@ def import_sources(
         if not path.exists():
             raise InputFormatError(f"{path}: source file not found")
     store.check_out(out)
+    sources = [source for path in paths for source in sources_of(path)]
     rows = _Rows(split, skip_invalid)
     read = 0
     described = []
-    for path in paths:
+    for source in sources:
         if limit is not None and read >= limit:
             break
-        records = read_records(path)
+        records = source.records()
         head = _up_to_first_readable(records)
-        path_fmt = _format_of(fmt, path, head)
-        name, file_split = f"{path_fmt}/{source_name(path)}", infer_split(source_name(path))
+        path_fmt = _format_of(fmt, source.path, head)
+        name, file_split = f"{path_fmt}/{source.name}", source.split or infer_split(source.name)
         n = 0
         for where, record in itertools.chain(head, records):
             if limit is not None and read >= limit:
@@ -195,7 +198,7 @@ def import_sources(
             read += 1
             n += 1
             _convert(path_fmt, where, record, name, file_split, rows)
-        described.append({**fingerprint(path), "format": path_fmt, "rows_read": n})
+        described.append({**source.fingerprint(), "format": path_fmt, "rows_read": n})
     rows.flush()
     written = sum(t.num_rows for t in rows.chunks)
     skipped = dict(rows.skipped)

@@ -15,9 +15,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from humanline_data.cli import gc, generate, inspect, ingest, pair, score, versions
+    from humanline_data.cli import export, gc, generate, inspect, ingest, pair, score, versions
 
-    for module in (ingest, generate, score, pair, inspect, versions, gc):
+    for module in (ingest, generate, score, pair, inspect, versions, export, gc):
         for command in module.COMMANDS:
             main.add_command(command)
 

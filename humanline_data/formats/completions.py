@@ -36,10 +36,16 @@ _SAMPLING_FLOATS = ("temperature", "top_p", "logprob_sum")
 def completions(record: dict) -> tuple[str, dict]:
     head = any_prompt(record)
     before, completion = completion_of(take(record, "completion", "output"), "completion")
+    return completion_row(record, prompt(head + before, "prompt"), completion)
+
+
+def completion_row(record: dict, msgs: list[dict], completion: str) -> tuple[str, dict]:
+    """A completions row (scored when the record has a ``reward``) of prompt ``msgs`` and
+    ``completion``, with the optional columns taken from ``record``."""
     sample_idx = take(record, "sample_idx", default=None)
     tokens = take(record, "completion_tokens", default=-1)
     row = {
-        "messages": prompt(head + before, "prompt"),
+        "messages": msgs,
         "completion": completion,
         "answer": optional_text(take(record, "answer", default=None), "answer"),
         "sample_idx": None if sample_idx is None else integer(sample_idx, "sample_idx"),

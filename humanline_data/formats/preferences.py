@@ -26,7 +26,9 @@ _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLE = {"Human": "user", "Assistant": "assistant"}
 
 
-def _pair(msgs: list[dict], chosen: str, rejected: str, record: dict) -> tuple[str, dict]:
+def pair_row(msgs: list[dict], chosen: str, rejected: str, record: dict) -> tuple[str, dict]:
+    """A pairs row of prompt ``msgs`` and the two answers; rewards from the record's
+    ``chosen_reward``/``rejected_reward`` (or ``score_chosen``/``score_rejected``) where given."""
     chosen_reward = take(record, "chosen_reward", "score_chosen", default=None)
     rejected_reward = take(record, "rejected_reward", "score_rejected", default=None)
     if chosen_reward is not None:
@@ -44,7 +46,7 @@ def _pair(msgs: list[dict], chosen: str, rejected: str, record: dict) -> tuple[s
     }
 
 
-def _unpaired(record: dict, msgs: list[dict], completion: str, column: str) -> tuple[str, dict]:
+def unpaired_row(record: dict, msgs: list[dict], completion: str, column: str) -> tuple[str, dict]:
     """An unpaired row; the label is ``label`` (or LLaMA-Factory's ``kto_tag``)."""
     reward = take(record, "reward", default=None)
     return "unpaired", {
@@ -58,7 +60,7 @@ def _unpaired(record: dict, msgs: list[dict], completion: str, column: str) -> t
 def _prompt_then_completion(record: dict, prompt_column: str) -> tuple[str, dict]:
     head = prompt_of(take(record, prompt_column), prompt_column)
     before, completion = completion_of(take(record, "completion"), "completion")
-    return _unpaired(record, head + before, completion, prompt_column)
+    return unpaired_row(record, head + before, completion, prompt_column)
 
 
 def trl(record: dict) -> tuple[str, dict]:
@@ -77,7 +79,7 @@ def trl(record: dict) -> tuple[str, dict]:
     rejected_before, rejected = completion_of(rejected_raw, "rejected")
     if chosen_before != rejected_before:
         raise RecordError("prompt_mismatch", "chosen and rejected conversations differ before their final message")
-    return _pair(prompt(head + chosen_before, "prompt"), chosen, rejected, record)
+    return pair_row(prompt(head + chosen_before, "prompt"), chosen, rejected, record)
 
 
 def kto(record: dict) -> tuple[str, dict]:
@@ -88,7 +90,7 @@ def kto(record: dict) -> tuple[str, dict]:
         return _prompt_then_completion(record, "messages")
     column = "messages" if "messages" in record or "conversations" not in record else "conversations"
     before, completion = completion_of(take(record, column), column)
-    return _unpaired(record, before, completion, column)
+    return unpaired_row(record, before, completion, column)
 
 
 def _hh_turns(transcript: str, column: str) -> list[dict]:
@@ -121,7 +123,7 @@ def hh(record: dict) -> tuple[str, dict]:
     rejected_before, rejected = _hh_split(take(record, "rejected"), "rejected")
     if chosen_before != rejected_before:
         raise RecordError("prompt_mismatch", "chosen and rejected transcripts differ before their final Assistant turn")
-    return _pair(prompt(chosen_before, "chosen"), chosen, rejected, record)
+    return pair_row(prompt(chosen_before, "chosen"), chosen, rejected, record)
 
 
 def sharegpt(record: dict) -> tuple[str, dict]:
@@ -135,4 +137,4 @@ def sharegpt(record: dict) -> tuple[str, dict]:
     rejected_before, rejected = completion_of(take(record, "rejected"), "rejected")
     if chosen_before or rejected_before:
         raise RecordError("wrong_dtype", "'chosen' and 'rejected' must each be one {from, value} answer")
-    return _pair(prompt(turns, "conversations"), chosen, rejected, record)
+    return pair_row(prompt(turns, "conversations"), chosen, rejected, record)

@@ -1,6 +1,7 @@
-"""Records of a source file: JSON array, JSON lines, either gzipped, Parquet, or a dataset
-version of this project. Yields ``(where, record)`` with ``where`` = ``file:line`` (JSON, the
-line the record starts on) or ``file:row N`` (Parquet, versions), 1-based."""
+"""Records of a source file: JSON array, JSON lines, either gzipped, Parquet, an Arrow IPC
+stream (``.arrow``, as ``datasets`` writes), or a dataset version of this project. Yields
+``(where, record)`` with ``where`` = ``file:line`` (JSON, the line the record starts on) or
+``file:row N`` (Parquet, Arrow, versions), 1-based."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from humanline_data import store
 from humanline_data.errors import InputFormatError
 from humanline_data.formats.fields import RecordError, WrittenFloat
 
+PARQUET_SUFFIX = ".parquet"  # a source file so named is read as Parquet
 _SPACE = re.compile(r"\s*")
 _BOM = b"\xef\xbb\xbf"
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # JSON escapes of UTF-16 surrogates
@@ -45,11 +47,17 @@ def read_records(path: Path) -> Iterator[tuple[str, dict | RecordError]]:
     path = Path(path)
     if path.is_dir():
         yield from _rows(path, store.iter_batches(store.open_version(path)))
-    elif path.name.endswith(".parquet"):
+    elif path.name.endswith(PARQUET_SUFFIX):
         try:
             batches = pq.ParquetFile(path).iter_batches()
         except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
             raise InputFormatError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+        yield from _rows(path, batches)
+    elif path.name.endswith(".arrow"):  # as `datasets` writes its shards
+        try:
+            batches = pa.ipc.open_stream(pa.OSFile(str(path)))
+        except (pa.ArrowException, OSError) as exc:
+            raise InputFormatError(f"{path}: not a readable Arrow IPC stream ({_first_line(exc)})") from None
         yield from _rows(path, batches)
     else:
         yield from _json_records(path)

@@ -37,9 +37,11 @@ def fuzz(cases: int) -> settings:
 COLUMNS = ["prompt", "completion", "messages", "chosen", "rejected", "label", "kto_tag", "reward", "answer",
            "problem", "question", "instruction", "input", "output", "conversations", "system", "sample_idx",
            "seed", "temperature", "top_p", "max_new_tokens", "completion_tokens", "split", "source", "metadata",
-           "score_chosen", "finish_reason", "prompt_id", "reward_components", "generator", "scorer", "logprob_sum"]
+           "score_chosen", "finish_reason", "prompt_id", "reward_components", "generator", "scorer", "logprob_sum",
+           "preferred_output", "non_preferred_output", "data_source", "reward_model", "extra_info", "ability"]
 ROLES = ["user", "assistant", "system", "human", "gpt", "tool", "", "USER", None, 3]
-FORMATS = ["auto", "trl", "hh", "sharegpt", "kto", "math", "gsm8k", "alpaca", "prompts", "completions"]
+FORMATS = ["auto", "trl", "hh", "sharegpt", "kto", "math", "gsm8k", "alpaca", "prompts", "completions", "openai",
+           "openrlhf", "verl"]
 
 texts = st.one_of(
     st.sampled_from(["Q", "A", "Q", "A", "  ", "", "\ud800", "x\udfff", "\ufeffhi", "\x00", "\n\nHuman: hi\n\nAssistant: yo",
@@ -67,6 +69,12 @@ plausible = st.one_of(
     st.fixed_dictionaries({"messages": messages}, optional={"label": scalars, "kto_tag": scalars, "completion": texts}),
     st.fixed_dictionaries({"problem": texts, "answer": scalars}),
     st.fixed_dictionaries({"question": texts, "answer": texts}),
+    st.fixed_dictionaries({"input": st.one_of(values, st.fixed_dictionaries({"messages": messages})),
+                           "preferred_output": st.one_of(messages, texts), "non_preferred_output": st.one_of(messages, texts)}),
+    st.fixed_dictionaries({"input": st.one_of(messages, texts)}, optional={"label": scalars, "output": st.one_of(messages, texts)}),
+    st.fixed_dictionaries({"prompt": st.one_of(messages, texts)}, optional={
+        "data_source": scalars, "reward_model": st.dictionaries(st.sampled_from(["style", "ground_truth"]), scalars),
+        "extra_info": st.one_of(values, st.dictionaries(st.sampled_from(["split", "index"]), scalars))}),
 )
 record_lists = st.one_of(st.lists(plausible, min_size=1, max_size=4),
                          st.lists(st.one_of(records, plausible, scalars), max_size=6))
