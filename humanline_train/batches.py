@@ -1,13 +1,26 @@
 """Shards -> tokenized optimizer steps of micro-batches, streamed and deterministic.
 
 One :class:`ShardLoader` reads a dataset version part by part (bounded memory), shuffles rows
-through a seeded buffer, tokenizes them and forms *optimizer steps* of
-``batch_size x grad_accum x num_processes`` examples of similar length (less padding). A step
-is cut into micro-batches of ``batch_size`` consecutive examples (length-sorted); micro-batch
-``j`` goes to process ``j % num_processes``. So which examples make a step depends only on the
-shard, the seed and the examples per step: the same step split into other micro-batches or
-processes holds the same examples (and gives the same update). The order is known any number
-of steps ahead (look-ahead reference) and a resumed run skips to where it stopped.
+through a seeded buffer, tokenizes them and forms *optimizer steps* of at most
+``batch_size x grad_accum x num_processes`` examples of similar length (less padding), cut
+into ``grad_accum x num_processes`` micro-batches of at most ``batch_size``; micro-batch ``j``
+goes to process ``j % num_processes``.
+
+The unit a step takes whole is a *group*: all completions of one row of a groups shard (or the
+two of a pair read as a group), so a prompt's completions never straddle steps and its
+advantages sum to 0 in its step; in every other layout the unit is one example. Units are
+taken in length order, each placed whole into the first micro-batch of the step with room (a
+group larger than a micro-batch into consecutive empty ones), and a step closes when the next
+unit has no room left in it (a group larger than a whole step is a :class:`ShardError` naming
+the sizes). Each epoch's last, partial step trains too (``drop_last`` drops it; a remainder of
+fewer examples than a step has micro-batches is dropped); where it holds fewer groups than
+micro-batches, a group is cut over consecutive micro-batches (:func:`cut_step`).
+
+With one example per unit, which examples make a step depends only on the shard, the seed and
+the examples per step, so the same step split into other micro-batches or processes holds the
+same examples and gives the same update; with groups that holds where the group size divides
+the micro-batch size or the reverse. The order is known any number of steps ahead (look-ahead
+reference) and a resumed run skips to where it stopped.
 
 Tokenization (every objective): prompt ids = the chat template with the generation prompt,
 rendered by ``humanline_data.backends.prompt_token_ids`` (the sampler's own function);
@@ -125,11 +138,17 @@ class Step:
 
 @dataclass
 class Truncation:
-    """Counts of examples changed to fit ``max_length`` (cumulative over what was read)."""
+    """Counts of examples changed or left out (cumulative over what was read)."""
 
     skipped_prompts: int = 0  # prompt alone too long: example dropped
     truncated_completions: int = 0  # completion cut to fit
-    examples: int = 0  # examples kept
+    examples: int = 0  # examples that fit --max-length
+    dropped: int = 0  # examples that fit but made no step (an epoch's last, partial step)
+
+    @property
+    def trained(self) -> int:
+        """Examples that made a step."""
+        return self.examples - self.dropped
 
 
 @dataclass
@@ -139,7 +158,8 @@ class ShardLoader:
     ``objective``: an objective class or its name (layout and shard kinds). ``batch_size`` is
     examples per micro-batch per process, ``grad_accum`` micro-batches per step and process.
     ``epochs=None`` cycles forever (online rounds); otherwise the stream ends after that many
-    passes. Epoch ``e`` shuffles with seed ``(seed, e)``.
+    passes. Epoch ``e`` shuffles with seed ``(seed, e)``. ``drop_last``: leave out each epoch's
+    last, partial step (default: train it).
     """
 
     shards: str | Path | store.Version  # a Version already checked by open_shards, or a path
@@ -152,6 +172,7 @@ class ShardLoader:
     epochs: int | None = 1
     process_index: int = 0
     num_processes: int = 1
+    drop_last: bool = False
     shuffle_buffer: int = 4096  # rows held for shuffling
     pool_batches: int = 32  # micro-batches' worth of examples sorted together by length
     truncation: Truncation = field(default_factory=Truncation)
@@ -169,6 +190,7 @@ class ShardLoader:
         self.kind = self.version.kind
         self.eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
+        self._check_group_sizes()
 
     def reopened(self) -> "ShardLoader":
         """A fresh loader over the same (already checked) version and settings, from its start."""
@@ -179,21 +201,44 @@ class ShardLoader:
         return int(self.version.manifest["rows"])
 
     @property
-    def step_examples(self) -> int:
-        return self.batch_size * self.grad_accum * self.num_processes
+    def micro_batches(self) -> int:
+        """Micro-batches of one optimizer step over all processes."""
+        return self.grad_accum * self.num_processes
 
-    def examples_per_epoch_estimate(self) -> int:
-        """Examples in one pass before length filtering (from the manifest; groups are summed)."""
+    @property
+    def capacity(self) -> int:
+        """Most examples one optimizer step holds."""
+        return self.batch_size * self.micro_batches
+
+    def _group_sizes(self) -> list[int]:
+        """Examples each row gives (from the shard, without tokenizing)."""
         if self.kind == "groups":
-            return sum(
-                int(pc.sum(pc.list_value_length(b.column("completions"))).as_py() or 0)
-                for b in store.iter_batches(self.version, columns=["completions"])
-            )
-        return self.rows * (2 if (self.kind == "pairs" and self.layout != "paired") else 1)
+            return [n for b in store.iter_batches(self.version, columns=["completions"])
+                    for n in pc.list_value_length(b.column("completions")).to_pylist()]
+        return [2 if self.kind == "pairs" and self.layout != "paired" else 1] * self.rows
 
-    def steps_per_epoch_estimate(self) -> int:
-        """Optimizer steps in one pass, assuming every example fits (used for warmup and progress)."""
-        return max(1, self.examples_per_epoch_estimate() // self.step_examples)
+    def _check_group_sizes(self) -> None:
+        """A group (the completions of one row, trained in one step) must fit one optimizer step."""
+        if self.layout != "grouped":
+            return
+        largest = max(self._group_sizes(), default=0)
+        if largest > self.capacity:
+            raise ShardError(
+                f"{self.version.path}: a group of {largest} completions does not fit one optimizer step of "
+                f"{self.batch_size} x {self.grad_accum} x {self.num_processes} processes = {self.capacity} examples "
+                "(a group trains whole, in one step); raise --batch-size or --grad-accum"
+            )
+
+    def count_steps(self) -> int:
+        """Optimizer steps over all ``epochs`` (finite): arithmetic when every unit is one example
+        (prompts too long for ``max_length`` are not foreseen), else one pass over the shard."""
+        if self.layout == "grouped":
+            probe = self.reopened()
+            return sum(1 for _ in probe._plan())
+        examples = sum(self._group_sizes())
+        whole, rest = divmod(examples, self.capacity)
+        last = int(rest >= self.micro_batches and not self.drop_last)
+        return max(1, self.epochs * (whole + last))
 
     def __iter__(self) -> Iterator[Batch]:
         """This process's micro-batches, step after step."""
@@ -202,13 +247,18 @@ class ShardLoader:
 
     def iter_steps(self, start: int = 0) -> Iterator[Step]:
         """This process's :class:`Step` s, skipping the first ``start`` steps."""
+        for index, units in enumerate(self._plan()):
+            if index >= start:
+                yield self._step(units)
+
+    def _plan(self) -> Iterator[list[list[Example]]]:
+        """The units of every step, epoch after epoch (counts in ``truncation``)."""
         self.truncation = Truncation()
         epoch, index = 0, 0
         while self.epochs is None or epoch < self.epochs:
             kept_before, index_before = self.truncation.examples, index
-            for examples in self._epoch_steps(epoch):
-                if index >= start:
-                    yield self._step(examples)
+            for units in self._epoch_steps(epoch):
+                yield units
                 index += 1
             if self.truncation.examples == kept_before:
                 raise ShardError(
@@ -217,17 +267,42 @@ class ShardLoader:
                 )
             if index == index_before:  # would loop forever when epochs is None (online rounds)
                 raise ShardError(
-                    f"{self.version.path}: {self.truncation.examples - kept_before} examples make no whole optimizer "
-                    f"step of {self.batch_size} x {self.grad_accum} x {self.num_processes} processes"
+                    f"{self.version.path}: {self.truncation.examples - kept_before} examples make no optimizer step "
+                    f"of {self.batch_size} x {self.grad_accum} x {self.num_processes} processes"
+                    + (" (--drop-last)" if self.drop_last else f" (one needs at least {self.micro_batches})")
                 )
             epoch += 1
 
-    def _step(self, examples: list[Example]) -> Step:
+    def _step(self, units: list[list[Example]]) -> Step:
+        micro = cut_step(units, self.micro_batches, self.batch_size)
+        examples = [e for batch in micro for e in batch]
         partners = kl_partners([e.prompt_id for e in examples]) if self.layout == "unpaired" else None
-        micro = [list(range(i, i + self.batch_size)) for i in range(0, len(examples), self.batch_size)]
-        mine = micro[self.process_index :: self.num_processes]
-        batches = [self._collate(examples, rows, partners) for rows in mine]
+        bounds = np.cumsum([0, *map(len, micro)]).tolist()
+        rows = [list(range(a, b)) for a, b in zip(bounds, bounds[1:])]
+        mine = rows[self.process_index :: self.num_processes]
+        batches = [self._collate(examples, r, partners) for r in mine]
         return Step(batches, len(examples), sum(e.completion_tokens for e in examples))
+
+    def _epoch_steps(self, epoch: int) -> Iterator[list[list[Example]]]:
+        rng = random.Random(f"{self.seed}/{epoch}")
+        rows = _shuffle(self._rows(rng), rng, self.shuffle_buffer)
+        pool: list[list[Example]] = []
+        pooled, pool_size = 0, max(self.batch_size * self.pool_batches, self.capacity)
+        for row in rows:
+            units = self._units(row)
+            pool.extend(units)
+            pooled += sum(map(len, units))
+            if pooled >= pool_size:
+                steps, pool = _length_grouped(pool, self.micro_batches, self.batch_size, rng)
+                pooled = sum(map(len, pool))
+                yield from steps
+        steps, last = _length_grouped(pool, self.micro_batches, self.batch_size, rng)
+        yield from steps
+        size = sum(map(len, last))
+        if size >= self.micro_batches and not self.drop_last:
+            yield last
+        else:
+            self.truncation.dropped += size
 
     def _collate(self, examples: list[Example], rows: list[int], partners: list[int | None] | None) -> Batch:
         picked = [examples[i] for i in rows]
@@ -242,18 +317,6 @@ class ShardLoader:
             batch.kl = _padded(kl_rows, self.pad, "grouped") if kl_rows else None
         return batch
 
-    def _epoch_steps(self, epoch: int) -> Iterator[list[Example]]:
-        rng = random.Random(f"{self.seed}/{epoch}")
-        rows = _shuffle(self._rows(rng), rng, self.shuffle_buffer)
-        pool: list[Example] = []
-        pool_size = max(self.batch_size * self.pool_batches, self.step_examples)
-        for row in rows:
-            pool.extend(self._examples(row))
-            if len(pool) >= pool_size:
-                steps, pool = _length_grouped(pool, self.step_examples, rng)
-                yield from steps
-        yield from _length_grouped(pool, self.step_examples, rng)[0]  # a partial step is dropped
-
     def _rows(self, rng: random.Random) -> Iterator[dict]:
         parts = list(range(len(self.version.files)))
         rng.shuffle(parts)
@@ -262,7 +325,8 @@ class ShardLoader:
             for record_batch in part.iter_batches(batch_size=1024, columns=_COLUMNS[self.kind]):
                 yield from record_batch.to_pylist()
 
-    def _examples(self, row: dict) -> list[Example]:
+    def _units(self, row: dict) -> list[list[Example]]:
+        """The units a row gives: one group of all its examples (grouped layout), else one unit per example."""
         split = _split_row(row, self.kind, self.layout)
         prompt = prompt_token_ids(self.tokenizer, [row["messages"]])[0]
         if len(prompt) >= self.max_length:
@@ -271,7 +335,7 @@ class ShardLoader:
         examples = [Example(row["prompt_id"], prompt, [self._completion_ids(c, len(prompt)) for c in cs], d, a)
                     for cs, d, a in split]
         self.truncation.examples += len(examples)
-        return examples
+        return [examples] if self.layout == "grouped" else [[e] for e in examples]
 
     def _completion_ids(self, text: str, prompt_len: int) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.eos]
@@ -355,13 +419,75 @@ def _shuffle(rows: Iterator[dict], rng: random.Random, size: int) -> Iterator[di
     yield from buffer
 
 
-def _length_grouped(pool: list[Example], size: int, rng: random.Random) -> tuple[list[list[Example]], list[Example]]:
-    """Whole chunks of ``size`` similar-length examples (each sorted by length) in shuffled order, and the leftover."""
-    ordered = sorted(pool, key=lambda e: e.length)
-    whole = len(ordered) - len(ordered) % size
-    chunks = [ordered[i : i + size] for i in range(0, whole, size)]
-    rng.shuffle(chunks)
-    return chunks, ordered[whole:]
+def _length_grouped(units: list[list[Example]], micro_batches: int, batch_size: int,
+                    rng: random.Random) -> tuple[list[list[list[Example]]], list[list[Example]]]:
+    """Steps of whole ``units`` taken in length order, each unit placed whole into one of the
+    step's ``micro_batches`` micro-batches of ``batch_size`` (:func:`_place`); a step closes when
+    the next unit has no room left in it, or when it is full. (The closed steps in shuffled
+    order, the units of the last, unfilled one.)"""
+    steps, current, bins = [], [], _empty(micro_batches)
+    for unit in sorted(units, key=lambda u: max(e.length for e in u)):
+        if not _place(unit, bins, batch_size):
+            steps.append(current)
+            current, bins = [], _empty(micro_batches)
+            _place(unit, bins, batch_size)  # a unit fits an empty step (ShardLoader checks the sizes)
+        current.append(unit)
+        if sum(map(len, bins)) == micro_batches * batch_size:
+            steps.append(current)
+            current, bins = [], _empty(micro_batches)
+    rng.shuffle(steps)
+    return steps, current
+
+
+def _empty(micro_batches: int) -> list[list[Example]]:
+    return [[] for _ in range(micro_batches)]
+
+
+def cut_step(units: list[list[Example]], micro_batches: int, batch_size: int) -> list[list[Example]]:
+    """A step's units (as :func:`_length_grouped` formed them) as ``micro_batches`` non-empty
+    micro-batches of at most ``batch_size`` examples: each unit whole in the first micro-batch
+    with room, a unit larger than a micro-batch spread evenly over consecutive ones. Where that
+    leaves micro-batches empty (a step of fewer units than micro-batches), fuller ones are halved
+    into them, at a change of prompt where they hold one, so every unit stays in consecutive
+    micro-batches. The step holds at least ``micro_batches`` examples."""
+    bins = _empty(micro_batches)
+    for unit in units:
+        _place(unit, bins, batch_size)
+    full = [b for b in bins if b]
+    while len(full) < micro_batches:
+        i = max(range(len(full)), key=lambda j: (_prompt_change(full[j]) is not None, len(full[j])))
+        cut = _prompt_change(full[i]) or len(full[i]) // 2
+        full[i : i + 1] = [full[i][:cut], full[i][cut:]]
+    return full
+
+
+def _prompt_change(examples: list[Example]) -> int | None:
+    """The index nearest the middle of ``examples`` where the prompt changes, or None."""
+    changes = [i for i in range(1, len(examples)) if examples[i].prompt_id != examples[i - 1].prompt_id]
+    return min(changes, key=lambda i: abs(2 * i - len(examples)), default=None)
+
+
+def _place(unit: list[Example], bins: list[list[Example]], batch_size: int) -> bool:
+    """Put ``unit`` whole into ``bins``: into the first with room, or, larger than ``batch_size``,
+    evenly over the first run of empty ones it needs; False when it does not fit."""
+    if len(unit) <= batch_size:
+        target = next((b for b in bins if len(b) + len(unit) <= batch_size), None)
+        if target is not None:
+            target.extend(unit)
+        return target is not None
+    spans = -(-len(unit) // batch_size)
+    first = next((i for i in range(len(bins) - spans + 1) if not any(bins[i : i + spans])), None)
+    if first is not None:
+        for target, run in zip(bins[first : first + spans], _even_runs(unit, spans)):
+            target.extend(run)
+    return first is not None
+
+
+def _even_runs(items: list, n: int) -> list[list]:
+    """``items`` in order as ``n`` consecutive runs whose sizes differ by at most one."""
+    size, extra = divmod(len(items), n)
+    bounds = np.cumsum([0] + [size + (i < extra) for i in range(n)]).tolist()
+    return [items[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 def collate(examples: list[Example], layout: str, pad: int) -> Batch:

@@ -66,4 +66,5 @@ class RunLog:
         if self.main:
             print(f"truncation (last shard): {truncation.truncated_completions} completions cut to --max-length "
                   f"{max_length}, {truncation.skipped_prompts} examples skipped (prompt too long), "
-                  f"{truncation.examples} kept", file=sys.stderr)
+                  f"{truncation.dropped} left out of every step (an epoch's last, partial step), "
+                  f"{truncation.trained} trained", file=sys.stderr)

@@ -53,6 +53,7 @@ class DataSettings:
     grad_accum: int = opt(1, "Micro-batches per optimizer step per process.")
     max_length: int = opt(2048, "Longest prompt + completion in tokens.")
     epochs: int = opt(1, "Passes over the shard (offline).")
+    drop_last: bool = opt(False, "Leave out each epoch's last, partial optimizer step (default: it trains).")
     max_steps: int | None = opt(None, "Stop after this many optimizer steps.", type=int)
     seed: int = opt(0, "Data order, sampling and initialisation seed.")
 

@@ -215,15 +215,16 @@ def make_loader(config: TrainConfig, shards, tokenizer, accel) -> ShardLoader:
     return ShardLoader(
         shards, config.objective_class, tokenizer, batch_size=data.batch_size, max_length=data.max_length,
         grad_accum=data.grad_accum, seed=data.seed, epochs=None if config.online.refresh_every else data.epochs,
+        drop_last=data.drop_last,
         process_index=accel.process_index, num_processes=accel.num_processes,
     )
 
 
 def planned_steps(config: TrainConfig, loader: ShardLoader) -> int:
-    """Optimizer steps to run: --max-steps, else --epochs passes (estimated from the manifest)."""
+    """Optimizer steps to run: --max-steps, else --epochs passes (:meth:`ShardLoader.count_steps`)."""
     if config.online.refresh_every:
         return int(config.data.max_steps)
-    planned = config.data.epochs * loader.steps_per_epoch_estimate()
+    planned = loader.count_steps()
     return min(planned, config.data.max_steps) if config.data.max_steps else planned
 
 

@@ -110,13 +110,113 @@ def test_truncation_is_counted(tokenizer, shards):
     loader = ShardLoader(shards["pairs"], "dpo", tokenizer, batch_size=2, max_length=64)
     batches = list(loader)
     t = loader.truncation
-    assert t.examples == 2 * len(batches) or t.examples == 2 * len(batches) + 1
+    assert t.trained == sum(b.num_examples for b in batches) and t.dropped == 0
     assert t.skipped_prompts > 0 and t.truncated_completions > 0
     assert t.skipped_prompts + t.examples == 40
     assert all(b.input_ids.shape[1] <= 64 for b in batches)
     # every cut completion fills the row to exactly max_length
     cut = sum(int((b.attention_mask.sum(1) == 64).sum()) for b in batches)
     assert cut == t.truncated_completions
+
+
+@pytest.mark.parametrize(("batch_size", "grad_accum", "drop_last", "sizes", "dropped"), [
+    (6, 1, False, [6] * 6 + [4], 0),  # 40 pairs: the last, partial step trains
+    (6, 1, True, [6] * 6, 4),  # --drop-last leaves it out
+    (2, 3, False, [6] * 6 + [4], 0),  # 4 left over 3 micro-batches: 2 + 1 + 1
+    (13, 3, False, [39], 1),  # 1 left, fewer than the 3 micro-batches a step needs
+])
+def test_the_last_partial_step_trains_and_the_counts_are_true(tokenizer, shards, batch_size, grad_accum, drop_last,
+                                                             sizes, dropped):
+    loader = ShardLoader(shards["pairs"], "dpo", tokenizer, batch_size=batch_size, grad_accum=grad_accum,
+                         max_length=4096, drop_last=drop_last)
+    steps = list(loader.iter_steps())
+    assert [s.examples for s in steps] == sizes and loader.count_steps() == len(sizes)
+    assert all(len(s.batches) == grad_accum and all(b.num_examples for b in s.batches) for s in steps)
+    assert (loader.truncation.trained, loader.truncation.dropped) == (40 - dropped, dropped)
+
+
+def _mixed_groups(shared_data, tmp_path):
+    """A groups shard of 12 GSM8K prompts with 2, 3 or 4 completions each (sizes repeat 2, 3, 4)."""
+    rows = [dict(group_rows(shared_data, 12, size)[i], prompt_id=None) for i, size in
+            zip(range(12), [2, 3, 4] * 4)]
+    for row in rows:
+        row["prompt_id"] = prompt_id(row["messages"])
+    return write(tmp_path / "mixed", "groups", rows), {row["prompt_id"]: len(row["completions"]) for row in rows}
+
+
+def _prompt_key(batch, r: int) -> tuple[int, ...]:
+    n = int(batch.attention_mask[r].sum()) - int(batch.completion_mask[r].sum())
+    return tuple(batch.input_ids[r, :n].tolist())
+
+
+@pytest.mark.parametrize(("batch_size", "grad_accum"), [(4, 1), (4, 3), (8, 2), (2, 4), (3, 3)])
+def test_groups_stay_whole(tokenizer, shared_data, tmp_path, batch_size, grad_accum):
+    """Every prompt's completions are in one step (its advantages sum to 0 there) and in
+    consecutive micro-batches; a group that fits a micro-batch is whole in one, unless the step
+    holds fewer groups than micro-batches (an epoch's last, partial step)."""
+    shard, sizes = _mixed_groups(shared_data, tmp_path)
+    loader = ShardLoader(shard, "grpo", tokenizer, batch_size=batch_size, grad_accum=grad_accum, max_length=4096,
+                         epochs=2)
+    steps = list(loader.iter_steps())
+    per_epoch = {}
+    for step in steps[: len(steps) // 2]:
+        for b in step.batches:
+            for r in range(b.num_examples):
+                per_epoch[_prompt_key(b, r)] = per_epoch.get(_prompt_key(b, r), 0) + 1
+    assert sorted(per_epoch.values()) == sorted(sizes.values())  # the key is the prompt: one group each
+    for step in steps:
+        where: dict[tuple, list[int]] = {}
+        for j, b in enumerate(step.batches):
+            assert 0 < b.num_examples <= batch_size
+            for r in range(b.num_examples):
+                where.setdefault(_prompt_key(b, r), []).append(j)
+        for key, batches in where.items():
+            assert len(batches) == per_epoch[key]  # the whole group is in this step
+            assert sorted(set(batches)) == list(range(min(batches), max(batches) + 1))  # in consecutive micro-batches
+            if per_epoch[key] <= batch_size and len(where) >= grad_accum:
+                assert len(set(batches)) == 1  # ... in one, where it fits
+        assert abs(sum(float(b.advantages.sum()) for b in step.batches)) < 1e-4
+    assert loader.count_steps() == len(steps)
+
+
+def test_a_group_larger_than_a_step_is_one_error(tokenizer, shared_data, tmp_path):
+    shard, _ = _mixed_groups(shared_data, tmp_path)
+    with pytest.raises(ShardError, match=r"a group of 4 completions does not fit one optimizer step of 1 x 3 x 1 "
+                                         r"processes = 3 examples"):
+        ShardLoader(shard, "grpo", tokenizer, batch_size=1, grad_accum=3, max_length=4096)
+
+
+def test_a_packed_step_runs_each_prompt_once(tokenizer, shared_data, tiny_model, tmp_path):
+    """Under the packed layout a micro-batch runs each of its distinct prompts once, and whole
+    groups make that once per step: the tokens the model runs are the step's distinct prompts
+    plus its completions (but in a step of fewer groups than micro-batches, whose groups must
+    be cut)."""
+    from transformers import AutoModelForCausalLM
+
+    from humanline_train.logprobs import LogprobModel
+
+    shard, _ = _mixed_groups(shared_data, tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    run = []
+    model.model.register_forward_hook(lambda m, args, kwargs, out: run.append(int(kwargs["input_ids"].numel())),
+                                      with_kwargs=True)
+    packed = LogprobModel(model, layout="packed")
+    loader = ShardLoader(shard, "grpo", tokenizer, batch_size=4, grad_accum=2, max_length=4096, epochs=2)
+    whole_steps = 0
+    for step in loader.iter_steps():
+        run.clear()
+        prompts = [{_prompt_key(b, r) for r in range(b.num_examples)} for b in step.batches]
+        with torch.no_grad():
+            for b in step.batches:
+                packed(b.input_ids, b.attention_mask, b.completion_mask)
+        completions = sum(b.num_tokens_completion for b in step.batches)
+        step_prompts = set().union(*prompts)
+        if len(step_prompts) >= len(step.batches):
+            assert sum(run) == sum(map(len, step_prompts)) + completions
+            whole_steps += 1
+        else:
+            assert sum(run) == sum(len(p) for mb in prompts for p in mb) + completions
+    assert whole_steps >= 4
 
 
 def test_bad_shards(tokenizer, shared_data, shards, tmp_path):
@@ -139,11 +239,15 @@ def test_bad_shards(tokenizer, shared_data, shards, tmp_path):
     assert issubclass(ShardError, HumanlineError)
 
 
-def test_cycling_a_shard_too_small_for_one_micro_batch_fails_instead_of_spinning(tokenizer, shards, tmp_path):
+def test_cycling_a_shard_too_small_for_one_step_fails_instead_of_spinning(tokenizer, shards, tmp_path):
     """An online round can be tiny; cycling it (epochs=None) must raise, not loop forever."""
     one_pair = write(tmp_path / "one_pair", "pairs", shards["rows"][:1])
-    loader = ShardLoader(one_pair, "dpo", tokenizer, batch_size=2, max_length=4096, epochs=None)
-    with pytest.raises(ShardError, match="1 examples make no whole optimizer step of 2 x 1 x 1 processes"):
+    loader = ShardLoader(one_pair, "dpo", tokenizer, batch_size=2, grad_accum=2, max_length=4096, epochs=None)
+    with pytest.raises(ShardError, match=r"1 examples make no optimizer step of 2 x 2 x 1 processes \(one needs at "
+                                         r"least 2\)"):
+        next(iter(loader))
+    loader = ShardLoader(one_pair, "dpo", tokenizer, batch_size=2, max_length=4096, epochs=None, drop_last=True)
+    with pytest.raises(ShardError, match=r"1 examples make no optimizer step of 2 x 1 x 1 processes \(--drop-last\)"):
         next(iter(loader))
 
 

@@ -21,7 +21,7 @@ def shards(shared_data, tmp_path_factory):
     return {
         "dpo": write(root / "pairs", "pairs", pairs),
         "kto": write(root / "unpaired", "unpaired", unpaired_rows(pairs)),
-        "grpo": write(root / "groups", "groups", group_rows(shared_data, 6)),  # completions of very different lengths
+        "grpo": write(root / "groups", "groups", group_rows(shared_data, 6, size=2)),  # answers of very different lengths
     }
 
 
