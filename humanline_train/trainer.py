@@ -264,6 +264,7 @@ def check_pinned_shards(config: TrainConfig):
 def check_config(config: TrainConfig):
     """Refuse bad settings with one line; resolve precision; pin (or, resuming, re-check) the
     shard version and return it opened (None for an online run without shards)."""
+    config.check()
     online, data, hl = config.online, config.data, config.humanline
     if online.refresh_every:
         missing = [f for f, v in (("--prompts", online.prompts), ("--scorer", online.scorer), ("--max-steps", data.max_steps)) if not v]
@@ -274,11 +275,6 @@ def check_config(config: TrainConfig):
     if not config.objective_class.needs_reference and (hl.sync or hl.clip):
         raise HumanlineError(f"--loss {config.loss} is reference-free: humanline sync and clip do not apply "
                              "(pass --no-humanline)")
-    if hl.clip and not hl.log_eps_p < 0 < hl.log_eps_r:
-        raise HumanlineError(f"clip range needs --log-eps-p < 0 < --log-eps-r, got {hl.log_eps_p}, {hl.log_eps_r}")
-    for section, name in (("humanline", "sync_k"), ("data", "batch_size"), ("data", "grad_accum"), ("data", "max_length")):
-        if getattr(getattr(config, section), name) < 1:
-            raise HumanlineError(f"--{name.replace('_', '-')} must be at least 1")
     config.model.precision = resolve_precision(config.model.precision)
     return check_pinned_shards(config) if config.resume else pin_shards(config)
 

@@ -1,0 +1,81 @@
+"""Hostile input to ``humanline-train``: every bad setting, config value, output path, damaged
+run directory or diverging run ends in one ``error:`` line with exit status 2 (or, for damaged
+checkpoints, a resume from the newest intact one), and nothing already written is lost or changed."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from real_shards import pair_rows, write
+from humanline_train.cli import main
+
+
+@pytest.fixture(scope="module")
+def pairs(shared_data, tmp_path_factory):
+    return write(tmp_path_factory.mktemp("shards") / "pairs", "pairs", pair_rows(shared_data, 12))
+
+
+def _args(shards, model, *extra):
+    return ["--shards", str(shards), "--loss", "dpo", "--model", str(model), "--batch-size", "2", "--max-length", "96",
+            "--lr", "1e-3", "--warmup", "0", "--max-steps", "2", *extra]
+
+
+def one_error_line(result) -> str:
+    """The single ``error:`` line of a failed invocation (exit status 2, no traceback)."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (result.exit_code, result.output)
+    return lines[0]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--max-steps", "0"], "--max-steps must be >= 1, got 0"),
+    (["--max-steps", "-1"], "--max-steps must be >= 1, got -1"),
+    (["--lr", "nan"], "--lr must be finite, got nan"),
+    (["--lr", "inf"], "--lr must be finite, got inf"),
+    (["--lr", "0"], "--lr must be > 0, got 0.0"),
+    (["--lr", "-1e-5"], "--lr must be > 0, got -1e-05"),
+    (["--beta", "-0.1"], "--beta must be > 0, got -0.1"),
+    (["--warmup", "-1"], "--warmup must be >= 0, got -1.0"),
+    (["--keep-last", "-1"], "--keep-last must be >= 0, got -1"),
+    (["--log-eps-p", "0.5"], "--log-eps-p must be < 0, got 0.5"),
+    (["--max-grad-norm", "nan"], "--max-grad-norm must be finite, got nan"),
+    (["--sync-k", "0"], "--sync-k must be >= 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+])
+def test_settings_out_of_range_are_refused_before_anything_is_written(pairs, tiny_model, tmp_path, flags, message):
+    result = CliRunner().invoke(main, [*_args(pairs, tiny_model), *flags, "--out", str(tmp_path / "run")])
+    assert one_error_line(result) == f"error: {message}"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("batch_size: true\n", "batch_size must be an integer, got True"),
+    ("data:\n  epochs: 1.5\n", "epochs must be an integer, got 1.5"),
+    ("lr: [0.001]\n", "lr must be a number, got [0.001]"),
+    ("lr: fast\n", "lr must be a number, got 'fast'"),
+    ("lr: .nan\n", "lr must be finite, got nan"),
+    ("gradient_checkpointing: 3\n", "gradient_checkpointing must be true or false, got 3"),
+    ("precision: fp64\n", "precision must be one of auto, fp32, bf16-mixed, bf16, got 'fp64'"),
+    ("lr: 0.1\noptimizer:\n  lr: 0.2\n", "lr is given twice (lr and optimizer.lr); keep one"),
+])
+def test_config_values_are_read_as_their_flags_would_be_or_refused(pairs, tiny_model, tmp_path, text, message):
+    config = tmp_path / "run.yaml"
+    config.write_text(text)
+    result = CliRunner().invoke(main, ["--config", str(config), *_args(pairs, tiny_model), "--out", str(tmp_path / "run")])
+    assert one_error_line(result) == f"error: --config {config}: {message}"
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_1_1_exponent_floats_are_numbers(pairs, tiny_model, tmp_path):
+    """YAML 1.1 reads ``1e-3`` (no dot) as text; the flag would read it as 0.001, so does --config."""
+    import json
+
+    config = tmp_path / "run.yaml"
+    config.write_text("optimizer:\n  lr: 1e-3\nmax_grad_norm: 2\nbeta: 5e-2\n")
+    args = [a for a in _args(pairs, tiny_model) if a not in ("--lr", "1e-3")]
+    result = CliRunner().invoke(main, ["--config", str(config), *args, "--max-steps", "1", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    settings = json.loads((tmp_path / "run" / "settings.json").read_text())
+    assert settings["optimizer"]["lr"] == 0.001 and settings["optimizer"]["max_grad_norm"] == 2.0
+    assert settings["objective"]["beta"] == 0.05
