@@ -22,10 +22,13 @@ def _args(shards, model, *extra):
 
 
 def one_error_line(result) -> str:
-    """The single ``error:`` line of a failed invocation (exit status 2, no traceback)."""
+    """The single ``error:`` line of a failed invocation: exit status 2, no traceback, the last
+    line of stderr (progress bars of a run that started may precede it)."""
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (result.exit_code, result.output)
-    return lines[0]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert result.exit_code == 2 and len(errors) == 1 and lines[-1] == errors[0], (result.exit_code, result.output)
+    assert "Traceback" not in result.stderr and isinstance(result.exception, SystemExit)
+    return errors[0]
 
 
 @pytest.mark.parametrize(("flags", "message"), [
@@ -79,3 +82,36 @@ def test_yaml_1_1_exponent_floats_are_numbers(pairs, tiny_model, tmp_path):
     settings = json.loads((tmp_path / "run" / "settings.json").read_text())
     assert settings["optimizer"]["lr"] == 0.001 and settings["optimizer"]["max_grad_norm"] == 2.0
     assert settings["objective"]["beta"] == 0.05
+
+
+def test_a_diverging_run_stops_before_the_update_and_never_saves_broken_weights(pairs, tiny_model, tmp_path):
+    """lr 1e12 makes step 2's loss NaN (step 1's update blows the weights up): the run stops
+    there in one line naming the step and step 1's checkpoint, which stays finite and alone."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    args = [a for a in _args(pairs, tiny_model) if a not in ("--lr", "1e-3")]
+    result = CliRunner().invoke(main, [*args, "--lr", "1e12", "--max-steps", "4", "--save-every", "1", "--out", str(run)])
+    message = one_error_line(result)
+    assert message.startswith("error: step 2: loss nan and gradient norm nan are not finite")
+    assert f"the last good checkpoint is {run / 'checkpoints' / 'step-1'}" in message
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-1"]
+    assert all(torch.isfinite(t).all() for t in load_file(run / "checkpoints" / "step-1" / "model.safetensors").values())
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_non_finite_weights_are_never_saved(tiny_model, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from humanline_train import checkpoint
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    with torch.no_grad():
+        model.lm_head.weight[3, 5] = float("inf")
+    with pytest.raises(checkpoint.DivergedError, match=r"step-7: not saved, weight .* holds NaN or infinity"):
+        checkpoint.save(tmp_path, 7, model, AutoTokenizer.from_pretrained(tiny_model), {}, {})
+    assert not (tmp_path / "checkpoints" / "step-7").exists()
