@@ -20,11 +20,11 @@ from humanline_data.formats.fields import (
     carry_bookkeeping,
     completion_of,
     integer,
-    number,
     optional_integer,
     optional_number,
     optional_text,
     prompt,
+    reward,
     take,
 )
 from humanline_data.formats.problems import any_prompt
@@ -56,7 +56,7 @@ def completions(record: dict) -> tuple[str, dict]:
         return "completions", row
     components = take(record, "reward_components", default=None)
     row.update(
-        reward=number(take(record, "reward"), "reward"),
+        reward=reward(take(record, "reward"), "reward"),
         scorer=optional_text(take(record, "scorer", default=None), "scorer") or "import",
         reward_components=_components(components),
     )

@@ -230,6 +230,12 @@ GOOD = [{"prompt": "Q", "completion": "A", "reward": 1.0}]
          r"bad_train\.jsonl:2: format completions: empty 'completion'"),
         ('{"prompt": "Q", "completion": "A", "reward": NaN}\n', [], r"bad_train\.jsonl:1: format completions: column 'reward' is nan"),
         ('{"prompt": "Q", "completion": "A", "reward": Infinity}\n', [], r"column 'reward' is inf \(must be finite\)"),
+        ('{"prompt": "Q", "completion": "A", "reward": 1e200}\n', [],
+         r"bad_train\.jsonl:1: format completions: column 'reward' is 1e\+200 \(must be at most 1e\+100 in magnitude\)"),
+        ('{"prompt": "Q", "completion": "A", "reward": 1' + "0" * 400 + '}\n', [],
+         r"bad_train\.jsonl:1: format completions: column 'reward' is an integer beyond float64's range"),
+        ('{"prompt": "Q", "chosen": "a", "rejected": "b", "chosen_reward": -1e300, "rejected_reward": 0}\n', [],
+         r"bad_train\.jsonl:1: format trl: column 'chosen_reward' is -1e\+300 \(must be at most 1e\+100"),
         ('{"prompt": "Q", "completion": "A", "reward": "0.5"}\n', [],
          r"bad_train\.jsonl:1: format completions: column 'reward' has dtype str, expected a number"),
         ('{"prompt": "Q", "completion": "A", "sample_idx": 0}\n{"prompt": "Q", "completion": "B", "sample_idx": 0}\n', [],
@@ -247,7 +253,8 @@ GOOD = [{"prompt": "Q", "completion": "A", "reward": 1.0}]
     ],
     ids=[
         "malformed-jsonl", "malformed-array", "not-object", "missing-column", "unknown-role", "empty-prompt",
-        "empty-completion", "nan-reward", "inf-reward", "reward-string", "duplicate-sample", "label-dtype",
+        "empty-completion", "nan-reward", "inf-reward", "huge-reward", "huge-int-reward", "huge-chosen-reward",
+        "reward-string", "duplicate-sample", "label-dtype",
         "gsm8k-no-answer", "hh-malformed", "mixed-kinds", "unknown-format", "undetectable", "empty-file",
     ],
 )
