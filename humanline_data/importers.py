@@ -1,5 +1,7 @@
 """``import``: outside data (JSON, JSON lines, gzip, Parquet; see :mod:`humanline_data.formats`)
--> one new version of kind prompts, completions, scored, pairs or unpaired.
+-> one new version of kind prompts, completions, scored, pairs or unpaired; and versions of this
+project, each imported as its own kind (same rows, same ``prompt_id``; ``--format`` applies to
+files only) with the new version's ``parents`` naming it.
 
 The driver reads every source record, lets the format's reader turn it into a row, then fills
 the contract's bookkeeping columns:
@@ -37,7 +39,8 @@ from humanline_data import store
 from humanline_data.errors import InputFormatError, SchemaError
 from humanline_data.formats import FORMATS, READERS, detect
 from humanline_data.formats.fields import RecordError
-from humanline_data.formats.sources import fingerprint, read_records, source_name
+from humanline_data.formats.sources import fingerprint, read_records, source_name, version_records
+from humanline_data.outputs import check_output
 from humanline_data.schema import SCHEMAS, prompt_id
 
 _SPLIT_WORDS = {
@@ -51,6 +54,7 @@ _SPLIT_WORDS = {
 }
 _CHUNK_ROWS = 20_000
 DEFAULT_SPLIT = "train"
+VERSION_FORMAT = "version"  # the format ``params.sources`` records for a version of this project
 SKIP_HINT = "(--skip-invalid skips and counts such records)"
 
 
@@ -103,7 +107,7 @@ class _Rows:
                 f"{where}: a {kind} record among {self.kind} records (one import writes one kind); import them separately"
             )
         columns = SCHEMAS[kind].names
-        row["prompt_id"] = pid = prompt_id(row["messages"])
+        row["prompt_id"] = pid = row.get("prompt_id") or prompt_id(row["messages"])  # a version's rows keep theirs
         row.setdefault("source", source)
         if "split" in columns:
             row["split"] = self.split or row.get("split") or file_split
@@ -177,16 +181,22 @@ def import_sources(
     for path in paths:
         if not path.exists():
             raise InputFormatError(f"{path}: source file not found")
-    store.check_out(out)
+    check_output(out, "dataset")
     rows = _Rows(split, skip_invalid)
     read = 0
-    described = []
+    described, parents = [], []
     for path in paths:
         if limit is not None and read >= limit:
             break
-        records = read_records(path)
-        head = _up_to_first_readable(records)
-        path_fmt = _format_of(fmt, path, head)
+        if path.is_dir():  # a version of this project: rows of its kind as they are
+            version = store.open_version(path)
+            parents.append(version.parent_ref())
+            head, records, path_fmt, own_kind = [], version_records(version), VERSION_FORMAT, version.kind
+        else:
+            own_kind = None
+            records = read_records(path)
+            head = _up_to_first_readable(records)
+            path_fmt = _format_of(fmt, path, head)
         name, file_split = f"{path_fmt}/{source_name(path)}", infer_split(source_name(path))
         n = 0
         for where, record in itertools.chain(head, records):
@@ -194,7 +204,7 @@ def import_sources(
                 break
             read += 1
             n += 1
-            _convert(path_fmt, where, record, name, file_split, rows)
+            _convert(path_fmt, where, record, name, file_split, rows, own_kind)
         described.append({**fingerprint(path), "format": path_fmt, "rows_read": n})
     rows.flush()
     written = sum(t.num_rows for t in rows.chunks)
@@ -208,7 +218,7 @@ def import_sources(
     if rows.split_defaulted:
         stats["split_defaulted_to_train"] = sorted(rows.split_defaulted)
     producer = {"name": "humanline_data.importers", "version": package_version("humanline")}
-    with store.write_version(out, rows.kind, params=params, producer=producer, stats=stats) as writer:
+    with store.write_version(out, rows.kind, params=params, producer=producer, stats=stats, parents=parents) as writer:
         for chunk in rows.chunks:
             writer.write(chunk)
     return writer.path
@@ -225,15 +235,19 @@ def _up_to_first_readable(records: Iterator[tuple[str, dict | RecordError]]) -> 
 
 
 def _convert(fmt: str, where: str, record: dict | RecordError, source: str, file_split: str | None,
-             rows: _Rows) -> None:
+             rows: _Rows, own_kind: str | None = None) -> None:
     """Convert one record (or the error that makes it unreadable) into ``rows``; bad records
-    raise with ``where`` or are counted as skipped."""
+    raise with ``where`` or are counted as skipped. ``own_kind``: the record is a row of that
+    kind (from a version of this project), taken as it is."""
     try:
         if isinstance(record, RecordError):
             raise record
-        leftover = dict(record)
-        kind, row = READERS[fmt](leftover)
-        row["metadata"] = _metadata(leftover, row.pop("metadata", None))
+        if own_kind is not None:
+            kind, row = own_kind, dict(record)
+        else:
+            leftover = dict(record)
+            kind, row = READERS[fmt](leftover)
+            row["metadata"] = _metadata(leftover, row.pop("metadata", None))
         rows.add(kind, row, where, source, file_split)
     except RecordError as err:
         if rows.skip_invalid:

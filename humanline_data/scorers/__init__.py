@@ -35,6 +35,7 @@ from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn, TimeR
 from humanline_data import executors
 from humanline_data.errors import HumanlineError
 from humanline_data.executors import Executor
+from humanline_data.outputs import check_output
 from humanline_data.schema import reward_problem
 from humanline_data.scorers.base import Scorer
 from humanline_data.store import open_version, write_version
@@ -83,6 +84,7 @@ def score(inp: str | os.PathLike, out: str | os.PathLike, scorer: str, batch_siz
     if batch_size < 1:
         raise HumanlineError(f"--batch-size must be at least 1, got {batch_size}")
     executor.check()
+    check_output(out, "dataset")
     source = open_version(inp, kinds=("completions", "scored"))
     table = source.read()
     table = table.drop_columns([c for c in OUTPUT_COLUMNS if c in table.column_names])
