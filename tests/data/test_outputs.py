@@ -54,13 +54,16 @@ def refused(path, role: str, *needles: str) -> str:
     ("/..", ["the filesystem root cannot be the"]),
     ("//", ["the filesystem root cannot be the"]),
     ("root_link", ["root_link: the filesystem root cannot be the"]),
-    ("data/p/v1", ["data/p/v1: lies inside the version data/p/v1; versions are immutable"]),
-    ("data/p/v1/sub/x", ["lies inside the version data/p/v1"]),
+    ("data/p/v1", ["data/p/v1: lies inside the version /", "/data/p/v1; versions are immutable"]),
+    ("data/p/v1/sub/x", ["data/p/v1/sub/x: lies inside the version /", "/data/p/v1; versions are immutable"]),
     ("alias", ["alias: lies inside the version", "data/p/v1"]),
     ("alias/x", ["lies inside the version"]),
-    ("data/p/new", ["data/p/new: lies inside the dataset folder data/p (it holds versions)"]),
-    ("ds_link/new", ["ds_link/new: lies inside the dataset folder ds_link (it holds versions)"]),
+    ("data/p/new", ["data/p/new: lies inside the dataset folder /", "/data/p (it holds versions), so it cannot be the"]),
+    ("ds_link/new", ["ds_link/new: lies inside the dataset folder /", "/ds_link (it holds versions)"]),
+    ("data/p/v1/../new", ["lies inside the dataset folder /", "/data/p (it holds versions)"]),
     ("loop", ["loop: cannot use as the"]),
+    ("n" * 5000, ["cannot use as the", "(File name too long)"]),
+    ("a\0b", ["cannot use as the", "(embedded null byte)"]),
 ])
 def test_refused_for_every_role(tree, role, path, needles):
     refused(path, role, *needles)
@@ -73,7 +76,7 @@ def test_a_dataset_folder_is_no_run_folder_or_file(tree, role, path):
 
 
 def test_what_each_role_allows(tree):
-    for path in ("data/p", "ds_link", "data/q", "new/deeper", "empty", str(tree / "fresh")):
+    for path in ("data/p", "ds_link", "data/q", "new/deeper", "empty", str(tree / "fresh"), "data/p/v1/.."):
         assert check_output(path, "dataset") == Path(path)  # a dataset (new or with versions)
     for path in ("runs/a", "empty", "data/elsewhere"):
         assert check_output(path, "run") == Path(path)

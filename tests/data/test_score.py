@@ -367,7 +367,7 @@ def returns_none(batch):
     ("inf_on_bad", "row 1 (prompt_id {bad}): scorer python:{module}:inf_on_bad gave reward inf; rewards must be finite"),
     ("huge_on_bad", "row 1 (prompt_id {bad}): scorer python:{module}:huge_on_bad gave reward 1e+300; "
                     "rewards must be at most 1e+100 in magnitude"),
-    ("huge_int_on_bad", "returned a number beyond float64's range (int too large to convert to float), at row (prompt_id {bad})"),
+    ("huge_int_on_bad", "returned a number that is no float64 (int too large to convert to float), at row (prompt_id {bad})"),
     ("generator_that_raises", "raised RuntimeError: ran dry, at row (prompt_id {first})"),
     ("returns_none", "returned NoneType, expected a list of floats"),
 ])
