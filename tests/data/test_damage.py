@@ -284,8 +284,11 @@ def import_on_a_full_disk(mount: Path, small: str, big: str) -> list[dict]:
 
 
 def generate_on_a_full_disk(mount: Path, model: str) -> list[dict]:
+    """Levels 0, 1 and 3 pages: the checkpoint folder's marker fails, then its chunk (~6.4 KB,
+    two pages, with its two 200-character prompts), then the version's writes, the chunk kept."""
     dataset = mount / "data"
-    imported(jsonl(mount / "q_train.jsonl", [{"prompt": f"Q{i}"} for i in range(2)]), "--out", dataset)
+    prompts = [{"prompt": f"Q{i} {os.urandom(100).hex()}"} for i in range(2)]
+    imported(jsonl(mount / "q_train.jsonl", prompts), "--out", dataset)
     (mount / "q_train.jsonl").unlink()
     args = ["generate", dataset / "v1", "--model", model, "--out", dataset, "--n", "2", "--max-new-tokens", "3",
             "--top-p", "1.0", "--backend", "transformers"]
