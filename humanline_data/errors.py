@@ -5,7 +5,10 @@ prints ``str(err)`` on one line to stderr and exits with status 2. Nothing is wr
 is raised, because versions are only made visible by the final rename in ``store``.
 """
 
+import contextlib
+import os
 import sys
+from typing import Iterator
 
 import click
 
@@ -36,6 +39,23 @@ class WrongKindError(HumanlineError):
 class ModelNotFoundError(HumanlineError):
     """A model name or path does not resolve to a usable model folder."""
 
+
+def os_reason(exc: BaseException) -> str:
+    """The OS's words for an OSError (``No space left on device``), else its first line."""
+    number = getattr(exc, "errno", None)
+    if isinstance(number, int) and number > 0:
+        return os.strerror(number)
+    return (getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__).splitlines()[0]
+
+
+@contextlib.contextmanager
+def os_errors(path: str | os.PathLike, doing: str = "cannot write", error: type = HumanlineError) -> Iterator[None]:
+    """Turn an OSError raised inside (a full disk, an I/O error, no permission; pyarrow's I/O
+    errors included) into ``error`` saying ``<path>: <doing> (<OS reason>)``."""
+    try:
+        yield
+    except OSError as exc:
+        raise error(f"{path}: {doing} ({os_reason(exc)})") from None
 
 
 class OneLineErrorGroup(click.Group):

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from humanline_data import store
 from humanline_data.errors import HumanlineError, InputFormatError, WrongKindError
 from humanline_data.formats.sources import PARQUET_SUFFIX
+from humanline_data.outputs import check_output
 from humanline_data.targets import EXPORT_FORMATS, TARGETS
 
 PARQUET_ROWS = 10_000  # records per Parquet row group written
@@ -60,30 +61,11 @@ def export(version_path: str | os.PathLike, fmt: str, out: str | os.PathLike) ->
 
 
 def check_export_path(out: Path) -> None:
-    """Raise unless ``out`` can become a new export file: nothing there yet, and neither a
-    version nor a dataset folder among its folders. (The one home of this rule here; swap it for
-    the shared output check once there is one.)"""
+    """Raise unless ``out`` can become a new export file: a place for a file
+    (:func:`humanline_data.outputs.check_output`) with nothing there yet."""
+    check_output(out, "file")
     if out.exists() or out.is_symlink():
         raise HumanlineError(f"{out}: already exists; export never overwrites (remove it or choose another --out)")
-    try:
-        folders = [*out.parents, *out.resolve().parents]
-    except (OSError, RuntimeError) as exc:
-        raise HumanlineError(f"{out}: cannot use as the export file ({getattr(exc, 'strerror', None) or exc})") from None
-    for folder in folders:
-        held = _store_folder(folder)
-        if held:
-            raise HumanlineError(f"{out}: lies inside the {held} {folder}, which only the store writes; choose a path outside it")
-
-
-def _store_folder(folder: Path) -> str | None:
-    """``"version"`` or ``"dataset folder"`` when ``folder`` is one, else None."""
-    if store.version_number(folder) is not None and (folder / store.MANIFEST).is_file():
-        return "version"
-    try:
-        versions = store.list_versions(folder)
-    except HumanlineError:  # an unreadable folder holds no dataset we could see
-        return None
-    return "dataset folder" if any((v / store.MANIFEST).is_file() for v in versions) else None
 
 
 def _rows(version: store.Version) -> Iterator[dict]:

@@ -10,7 +10,12 @@ Each finished chunk is written atomically to ``<out>/.partial-<key>/chunk-NNNNNN
 where ``key`` hashes the input version's manifest, the model's content hash and every parameter
 that changes the output. Re-running the same command after an interruption skips the chunks on
 disk; once the version is committed the work directory is removed. A run with other parameters
-uses another work directory (stale ones from abandoned runs can be deleted by hand).
+uses another work directory (stale ones from abandoned runs can be deleted by hand). The work
+directory is a marked work folder (:mod:`humanline_data.workdirs`) that the run holds locked:
+a second run of the same job while the first lives is refused, and a ``.partial-<key>`` folder
+without the marker (not made by this stage) is refused rather than used or deleted. An OSError
+while writing a chunk (a full disk) stops the run with one line; the chunks written so far stay
+for the resume.
 
 Executors (:mod:`humanline_data.executors`): each chunk is one piece of work for the
 :class:`ChunkSampler` worker, run in this process (``local``) or on a Ray actor pool (``ray``).
@@ -28,7 +33,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +43,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from humanline_data import executors
+from humanline_data import executors, workdirs
 from humanline_data.backends import (
     Backend,
     GenerationError,
@@ -49,9 +53,10 @@ from humanline_data.backends import (
     resolve_backend_name,
     sample_seed,
 )
-from humanline_data.errors import HumanlineError, SchemaError, WrongKindError
+from humanline_data.errors import HumanlineError, SchemaError, WrongKindError, os_errors
 from humanline_data.executors import Executor
 from humanline_data.models import EMBEDDED_MODEL, model_fingerprint, model_identity, resolve_model
+from humanline_data.outputs import check_output
 from humanline_data.ranges import check_fields
 from humanline_data.schema import SCHEMAS
 from humanline_data.store import Version, iter_batches, open_version, write_version
@@ -93,6 +98,7 @@ def generate(
     params = SamplingParams(n, temperature, top_p, max_new_tokens, seed)
     _check_args(params, batch_size, shard_index, num_shards, limit)
     executor.check()
+    out = check_output(out, "dataset")
     source = open_version(prompts, kinds=("prompts", *SAMPLED_KINDS))
     table = shard(distinct_prompts(source, limit), shard_index, num_shards)
     model_path = resolve_model(model)
@@ -119,7 +125,7 @@ def generate(
         "max_new_tokens": max_new_tokens,
         "seed": seed,
     }
-    work = Path(out) / f".partial-{_run_key(source, identity, run_params)}"
+    work = out / f".partial-{_run_key(source, identity, run_params)}"
     chunks = [table.slice(start, batch_size) for start in range(0, table.num_rows, batch_size)]
     todo = [k for k in range(len(chunks)) if not _chunk_path(work, k).is_file()]
     if todo:
@@ -132,13 +138,20 @@ def generate(
         raise GenerationError("a live backend samples in this process: use the local executor")
     else:
         sampler = functools.partial(ChunkSampler, backend, params, constants, owned=False)
-    results = executors.run(executor, sampler, [(k, chunks[k]) for k in todo])
-    versions = _write_chunks(results, chunks, todo, work, params)
-    producer = {**identity, **(lineage or {}), "backend": backend_name, "versions": versions,
-                "executor": executor.describe()}
-    stats = {"prompts": table.num_rows, "chunks": len(chunks), "resumed_chunks": len(chunks) - len(todo)}
-    path = _commit(work, len(chunks), out, source, run_params, producer, stats)
-    shutil.rmtree(work, ignore_errors=True)
+    folder = workdirs.claim(work, "generate") if os.path.lexists(work) or todo else None
+    try:
+        results = executors.run(executor, sampler, [(k, chunks[k]) for k in todo])
+        versions = _write_chunks(results, chunks, todo, folder, params)
+        producer = {**identity, **(lineage or {}), "backend": backend_name, "versions": versions,
+                    "executor": executor.describe()}
+        stats = {"prompts": table.num_rows, "chunks": len(chunks), "resumed_chunks": len(chunks) - len(todo)}
+        path = _commit(work, len(chunks), out, source, run_params, producer, stats)
+    except BaseException:
+        if folder is not None:
+            folder.release()  # the chunks written so far stay for a resume
+        raise
+    if folder is not None:
+        folder.remove()
     return path
 
 
@@ -147,6 +160,7 @@ def merge(inputs: list, out) -> Path:
     inputs. Raises on mixed kinds and on a (prompt_id, sample_idx) present twice."""
     if not inputs:
         raise GenerationError("merge: no input versions given")
+    check_output(out, "dataset")
     versions = [open_version(p, kinds=SAMPLED_KINDS) for p in inputs]
     kinds = {v.kind for v in versions}
     if len(kinds) > 1:
@@ -258,12 +272,12 @@ class ChunkSampler:
 
 
 def _write_chunks(
-    results: Iterator[tuple[int, pa.Table, dict]], chunks: list[pa.Table], todo: list[int], work: Path,
-    params: SamplingParams,
+    results: Iterator[tuple[int, pa.Table, dict]], chunks: list[pa.Table], todo: list[int],
+    work: workdirs.WorkFolder | None, params: SamplingParams,
 ) -> dict:
     """Write each ``(k, rows, info)`` of ``results`` (the chunks numbered ``todo``, in any
-    order) atomically into ``work``, showing progress; return the workers' library versions
-    (empty when nothing was left to do)."""
+    order) atomically into the work folder ``work``, showing progress; return the workers'
+    library versions (empty when nothing was left to do)."""
     console = Console(stderr=True)
     pending = set(todo)
     done_before = sum(c.num_rows for k, c in enumerate(chunks) if k not in pending)
@@ -280,8 +294,7 @@ def _write_chunks(
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("generate", total=total, completed=done_before * params.n, rate="")
         for k, rows, info in results:
-            work.mkdir(parents=True, exist_ok=True)
-            _write_atomic(rows, _chunk_path(work, k))
+            _write_atomic(rows, _chunk_path(work.path, k))
             versions = info["versions"]
             tokens += pc.sum(rows.column("completion_tokens")).as_py() or 0
             rate = f"{tokens / (time.perf_counter() - started):.1f} tokens/s"
@@ -312,11 +325,17 @@ def sample_chunk(backend: Backend, chunk: pa.Table, params: SamplingParams, cons
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` by rename; an OSError (full disk) is one line and leaves no
+    partial file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os_errors(path):
+            pq.write_table(table, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _commit(work: Path, n_chunks: int, out, source: Version, params: dict, producer: dict, stats: dict) -> Path:
@@ -326,7 +345,8 @@ def _commit(work: Path, n_chunks: int, out, source: Version, params: dict, produ
         out, "completions", params=params, parents=[source.parent_ref()], producer=producer, stats=stats
     ) as writer:
         for k in range(n_chunks):
-            table = pq.read_table(_chunk_path(work, k))
+            with os_errors(_chunk_path(work, k), "cannot read the checkpoint"):
+                table = pq.read_table(_chunk_path(work, k))
             blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(table.column("completion"))), 0)
             kept = table.filter(pc.invert(blank))
             empty += table.num_rows - kept.num_rows

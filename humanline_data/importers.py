@@ -1,6 +1,8 @@
 """``import``: outside data (JSON, JSON lines, gzip, Parquet, ``datasets`` and Hub folders; see
 :mod:`humanline_data.formats` and :mod:`humanline_data.formats.layouts`) -> one new version of
-kind prompts, completions, scored, pairs or unpaired.
+kind prompts, completions, scored, pairs or unpaired; and versions of this project, each
+imported as its own kind (same rows, same ``prompt_id``; ``--format`` applies to files only)
+with the new version's ``parents`` naming it.
 
 The driver reads every source record, lets the format's reader turn it into a row, then fills
 the contract's bookkeeping columns:
@@ -40,6 +42,8 @@ from humanline_data.errors import InputFormatError, SchemaError
 from humanline_data.formats import FORMATS, READERS, detect
 from humanline_data.formats.fields import RecordError
 from humanline_data.formats.layouts import sources_of
+from humanline_data.formats.sources import version_records
+from humanline_data.outputs import check_output
 from humanline_data.schema import SCHEMAS, prompt_id
 
 _SPLIT_WORDS = {
@@ -53,6 +57,7 @@ _SPLIT_WORDS = {
 }
 _CHUNK_ROWS = 20_000
 DEFAULT_SPLIT = "train"
+VERSION_FORMAT = "version"  # the format ``params.sources`` records for a version of this project
 SKIP_HINT = "(--skip-invalid skips and counts such records)"
 
 
@@ -105,7 +110,7 @@ class _Rows:
                 f"{where}: a {kind} record among {self.kind} records (one import writes one kind); import them separately"
             )
         columns = SCHEMAS[kind].names
-        row["prompt_id"] = pid = prompt_id(row["messages"])
+        row["prompt_id"] = pid = row.get("prompt_id") or prompt_id(row["messages"])  # a version's rows keep theirs
         row.setdefault("source", source)
         if "split" in columns:
             row["split"] = self.split or row.get("split") or file_split
@@ -158,6 +163,15 @@ def _format_of(fmt: str, path: Path, head: list[tuple[str, dict | RecordError]])
     return fmt if isinstance(record, RecordError) else detect(record, where)
 
 
+def _own_kind(head: list[tuple[str, dict | RecordError]]) -> str | None:
+    """The kind whose columns the first readable record of ``head`` has exactly (a file of this
+    project's own rows, e.g. from ``export --format jsonl``), else None."""
+    record = head[-1][1] if head else None
+    if isinstance(record, dict):
+        return next((kind for kind, schema in SCHEMAS.items() if set(record) == set(schema.names)), None)
+    return None
+
+
 def import_sources(
     sources: Iterable[str | Path],
     out: str | Path,
@@ -179,17 +193,23 @@ def import_sources(
     for path in paths:
         if not path.exists():
             raise InputFormatError(f"{path}: source file not found")
-    store.check_out(out)
+    check_output(out, "dataset")
     sources = [source for path in paths for source in sources_of(path)]
     rows = _Rows(split, skip_invalid)
     read = 0
-    described = []
+    described, parents = [], []
     for source in sources:
         if limit is not None and read >= limit:
             break
-        records = source.records()
-        head = _up_to_first_readable(records)
-        path_fmt = _format_of(fmt, source.path, head)
+        if source.is_version:  # a version of this project: rows of its kind as they are
+            version = store.open_version(source.path)
+            parents.append(version.parent_ref())
+            head, records, path_fmt, own_kind = [], version_records(version), VERSION_FORMAT, version.kind
+        else:
+            records = source.records()
+            head = _up_to_first_readable(records)
+            own_kind = _own_kind(head) if fmt == "auto" else None  # rows this project exported
+            path_fmt = VERSION_FORMAT if own_kind else _format_of(fmt, source.path, head)
         name, file_split = f"{path_fmt}/{source.name}", source.split or infer_split(source.name)
         n = 0
         for where, record in itertools.chain(head, records):
@@ -197,7 +217,7 @@ def import_sources(
                 break
             read += 1
             n += 1
-            _convert(path_fmt, where, record, name, file_split, rows)
+            _convert(path_fmt, where, record, name, file_split, rows, own_kind)
         described.append({**source.fingerprint(), "format": path_fmt, "rows_read": n})
     rows.flush()
     written = sum(t.num_rows for t in rows.chunks)
@@ -211,7 +231,7 @@ def import_sources(
     if rows.split_defaulted:
         stats["split_defaulted_to_train"] = sorted(rows.split_defaulted)
     producer = {"name": "humanline_data.importers", "version": package_version("humanline")}
-    with store.write_version(out, rows.kind, params=params, producer=producer, stats=stats) as writer:
+    with store.write_version(out, rows.kind, params=params, producer=producer, stats=stats, parents=parents) as writer:
         for chunk in rows.chunks:
             writer.write(chunk)
     return writer.path
@@ -228,15 +248,19 @@ def _up_to_first_readable(records: Iterator[tuple[str, dict | RecordError]]) -> 
 
 
 def _convert(fmt: str, where: str, record: dict | RecordError, source: str, file_split: str | None,
-             rows: _Rows) -> None:
+             rows: _Rows, own_kind: str | None = None) -> None:
     """Convert one record (or the error that makes it unreadable) into ``rows``; bad records
-    raise with ``where`` or are counted as skipped."""
+    raise with ``where`` or are counted as skipped. ``own_kind``: the record is a row of that
+    kind (from a version of this project), taken as it is."""
     try:
         if isinstance(record, RecordError):
             raise record
-        leftover = dict(record)
-        kind, row = READERS[fmt](leftover)
-        row["metadata"] = _metadata(leftover, row.pop("metadata", None))
+        if own_kind is not None:
+            kind, row = own_kind, dict(record)
+        else:
+            leftover = dict(record)
+            kind, row = READERS[fmt](leftover)
+            row["metadata"] = _metadata(leftover, row.pop("metadata", None))
         rows.add(kind, row, where, source, file_split)
     except RecordError as err:
         if rows.skip_invalid:

@@ -4,6 +4,8 @@ Views: ``data`` is the inspected version (its Parquet parts); the
 versions of the same dataset are ``v1``, ``v2``, … for joins and comparisons. Every version a
 query uses is verified against its manifest first (only the ``vN`` named in the SQL are opened).
 DuckDB runs in memory and streams the parts, so reports over 10M rows stay in bounded memory.
+A query's result is streamed too (:func:`query_batches`: record batches of
+:data:`QUERY_BATCH_ROWS` rows), so printing the first rows of a huge result reads only those.
 
 **Read-only user SQL.** For :func:`query` the views are handed to DuckDB as Arrow datasets,
 then DuckDB's ``enable_external_access`` is turned off and its configuration locked: a query
@@ -40,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -48,10 +51,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from humanline_data.errors import CorruptVersionError, HumanlineError
+from humanline_data.errors import CorruptVersionError, HumanlineError, os_errors
 from humanline_data.store import MANIFEST, Version, list_versions, open_version, read_manifest, sha256_file
 
 HISTOGRAM_BINS = 10
+QUERY_BATCH_ROWS = 8192  # rows per record batch of a streamed query result
 _QUANTILES = ("p25", "median", "p75")
 _TEXT_COLUMNS = {"completions": ["completion"], "scored": ["completion"], "unpaired": ["completion"],
                  "pairs": ["chosen", "rejected"]}
@@ -76,18 +80,20 @@ def connect(path: str | os.PathLike, sql: str = "", sandboxed: bool = True) -> I
     for other in list_versions(version.path.parent):
         if re.search(rf"\b{other.name}\b", sql, flags=re.IGNORECASE):
             views[other.name] = version if other == version.path else open_version(other)
-    with tempfile.TemporaryDirectory(prefix="humanline-duckdb-") as spill:
-        con = duckdb.connect(config={"temp_directory": spill})
-        try:
-            con.execute("SET enable_progress_bar = false")  # it would print into csv/json output
-            for name, opened in views.items():
-                _add_view(con, name, opened, sandboxed)
-            if sandboxed:
-                con.execute("SET enable_external_access = false")
-                con.execute("SET lock_configuration = true")
-            yield con, version
-        finally:
-            con.close()
+    with os_errors(tempfile.gettempdir(), "cannot make a folder for DuckDB's spills"):
+        spill = tempfile.mkdtemp(prefix="humanline-duckdb-")  # ours alone, removed below
+    con = duckdb.connect(config={"temp_directory": spill})
+    try:
+        con.execute("SET enable_progress_bar = false")  # it would print into csv/json output
+        for name, opened in views.items():
+            _add_view(con, name, opened, sandboxed)
+        if sandboxed:
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
+        yield con, version
+    finally:
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 def _add_view(con: duckdb.DuckDBPyConnection, name: str, version: Version, sandboxed: bool) -> None:
@@ -100,17 +106,41 @@ def _add_view(con: duckdb.DuckDBPyConnection, name: str, version: Version, sandb
     con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{files}])")
 
 
-def query(path: str | os.PathLike, sql: str, unsafe: bool = False) -> pa.Table:
-    """The result of ``sql`` over the views of :func:`connect`, as an Arrow table (no columns
-    when the last statement returns no rows)."""
+@contextlib.contextmanager
+def query_batches(path: str | os.PathLike, sql: str, unsafe: bool = False,
+                  batch_rows: int = QUERY_BATCH_ROWS) -> Iterator[tuple[pa.Schema, Iterator[pa.RecordBatch]]]:
+    """The result of ``sql`` over the views of :func:`connect` as its schema (no columns when
+    the last statement returns no rows) and an iterator of record batches, which DuckDB
+    computes as they are read: stop reading and only what was read was made. A DuckDB error,
+    also one while reading, is a :class:`QueryError`."""
     if not sql.strip():
         raise QueryError("SQL: empty query")
     with connect(path, sql, sandboxed=not unsafe) as (con, _):
-        try:
+        with _sql_errors():
             result = con.sql(sql)
-            return pa.table({}) if result is None else result.to_arrow_table()
-        except duckdb.Error as exc:
-            raise QueryError(f"SQL: {str(exc).strip().splitlines()[0]}") from None
+            reader = pa.RecordBatchReader.from_batches(pa.schema([]), []) if result is None else result.to_arrow_reader(batch_rows)
+        yield reader.schema, _batches(reader)
+
+
+def _batches(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
+    with _sql_errors():
+        yield from reader
+
+
+@contextlib.contextmanager
+def _sql_errors() -> Iterator[None]:
+    """DuckDB's errors (directly, or through the Arrow stream) as one-line QueryErrors."""
+    try:
+        yield
+    except (duckdb.Error, pa.ArrowException) as exc:
+        raise QueryError(f"SQL: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}") from None
+
+
+def query(path: str | os.PathLike, sql: str, unsafe: bool = False) -> pa.Table:
+    """The whole result of ``sql`` (see :func:`query_batches`) as an Arrow table; for results
+    that fit in memory."""
+    with query_batches(path, sql, unsafe) as (schema, batches):
+        return pa.Table.from_batches(list(batches), schema=schema)
 
 
 def diagnostics(path: str | os.PathLike) -> dict:

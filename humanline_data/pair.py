@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from humanline_data.advantages import group_advantages
 from humanline_data.errors import HumanlineError
+from humanline_data.outputs import check_output
 from humanline_data.schema import SCHEMAS
 from humanline_data.store import Version, open_version, write_version
 
@@ -59,6 +60,7 @@ def build(
     ``keep_flat`` to groups. Returns the new version's path.
     """
     _check_args(mode, threshold, min_group_size)
+    check_output(out, "dataset")
     version = open_version(inp, kinds=("scored",))
     keys = pl.from_arrow(version.read(columns=["prompt_id", "sample_idx", "reward"])).with_row_index("row")
     if mode == "groups":

@@ -101,8 +101,13 @@ KINDS = tuple(SCHEMAS)
 
 # Columns whose string values must not be empty (after stripping whitespace).
 _NON_EMPTY = {"completion", "chosen", "rejected"}
-# Float columns that must be finite where present.
+# Float columns that must be finite where present; rewards also at most MAX_ABS_REWARD in magnitude.
 _FINITE = {"reward", "chosen_reward", "rejected_reward", "margin"}
+_REWARDS = {"reward", "chosen_reward", "rejected_reward", "rewards"}
+# The largest reward magnitude the contract accepts: squares and sums of rewards over any
+# number of rows (GRPO's std, the stats' means, DPO margins) then stay finite in float64,
+# whose range ends near 1.8e308. A larger reward is a scorer's bug, not a signal.
+MAX_ABS_REWARD = 1e100
 # Row identity per kind: no two rows may share it.
 _KEYS = {
     "prompts": ("prompt_id",),
@@ -129,6 +134,16 @@ def prompt_id(messages: Iterable[dict]) -> str:
     """Stable 16-hex-digit id of a prompt: sha256 of its normalised messages as canonical JSON."""
     canon = json.dumps(normalize_messages(messages), ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()[:16]
+
+
+def reward_problem(value: float) -> str | None:
+    """Why a reward ``value`` breaks the contract (``must be finite``, ``must be at most 1e+100
+    in magnitude``), or None."""
+    if not math.isfinite(value):
+        return "must be finite"
+    if abs(value) > MAX_ABS_REWARD:
+        return f"must be at most {MAX_ABS_REWARD:g} in magnitude"
+    return None
 
 
 def conform(table: pa.Table, kind: str, where: str = "table") -> pa.Table:
@@ -183,14 +198,19 @@ def _check_values(table: pa.Table, kind: str, where: str) -> None:
     for name in _FINITE & set(table.column_names):
         col = table.column(name)
         bad = pc.invert(pc.is_finite(col))
+        if name in _REWARDS:
+            bad = pc.or_(bad, pc.greater(pc.abs(col), MAX_ABS_REWARD))
         if pc.any(bad).as_py():
             row = _first_true(bad)
-            raise SchemaError(f"{where}: row {row}: {name} is {col[row].as_py()} (must be finite)")
+            value = col[row].as_py()
+            raise SchemaError(f"{where}: row {row}: {name} is {value} ({reward_problem(value)})")
     if kind == "groups":
         for name in ("rewards", "advantages"):
             for row, values in enumerate(table.column(name).to_pylist()):
                 if any(v is None or not math.isfinite(v) for v in values):
                     raise SchemaError(f"{where}: row {row}: {name} holds a NaN, inf or null")
+                if name in _REWARDS and max(map(abs, values), default=0) > MAX_ABS_REWARD:
+                    raise SchemaError(f"{where}: row {row}: {name} holds a reward beyond {MAX_ABS_REWARD:g} in magnitude")
     _check_messages(table.column("messages"), where)
     key = _KEYS.get(kind)
     if key and table.num_rows:

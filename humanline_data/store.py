@@ -8,15 +8,23 @@ Layout of a dataset ``<root>/<name>/``::
 A version is written into a hidden temporary directory beside the versions
 (``.tmp-<uuid>``) and becomes visible only by one ``rename`` to ``vN`` once every part and the
 manifest are complete and fsynced, so readers never see a partial version and a killed writer
-leaves nothing visible. Existing versions are never modified. Each writer holds an
-exclusive ``flock`` on its temporary directory while it lives, so the temporary directories of
-dead writers (``kill -9``) can be told apart and removed (:func:`collect_garbage`, run by every
-new writer of the dataset and by ``humanline-data gc``).
+leaves nothing visible. Existing versions are never modified. The temporary directory is a
+marked, locked work folder (:mod:`humanline_data.workdirs`), so those of dead writers
+(``kill -9``) can be told apart and removed, and nothing else ever is (:func:`collect_garbage`,
+run by every new writer of the dataset and by ``humanline-data gc``). An OSError while writing
+(a full disk, an I/O error) stops the writer with one line naming the file and the OS reason,
+and its temporary directory is removed. The output folder is checked first
+(:func:`humanline_data.outputs.check_output`, role ``dataset``).
 
 A version folder is named ``v<N>`` (no leading zeros) and its manifest's ``version`` is ``N``;
 a folder whose manifest says another number (renamed, copied or symlinked) is refused, naming
 the folder. Empty ``vN`` folders are not versions; other entries named like versions (files,
 dangling links) are skipped when the next number is picked.
+
+Opening a version verifies it: the manifest's shape, then each part's size and sha256, then its
+Parquet footer, whose row count must equal the manifest's and whose schema must be the schema of
+the manifest's kind, so a manifest edited to name another kind or more rows is refused; a
+``.parquet`` file in the folder that the manifest does not list (a part left out) is refused too.
 
 ``manifest.json`` holds: ``version``, ``kind``, ``schema`` (Arrow schema as text), ``rows``,
 ``files`` (``[{name, rows, bytes, sha256}]``), ``created_at`` (UTC ISO-8601), ``command``
@@ -35,7 +43,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -45,11 +52,12 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from humanline_data.errors import CorruptVersionError, HumanlineError, WrongKindError
+from humanline_data import workdirs
+from humanline_data.errors import CorruptVersionError, HumanlineError, WrongKindError, os_errors, os_reason
+from humanline_data.layout import MANIFEST, holds_versions, version_number
+from humanline_data.outputs import check_output
 from humanline_data.schema import SCHEMAS, conform
 
-MANIFEST = "manifest.json"
-_VERSION_RE = re.compile(r"^v([1-9]\d*)$")
 _PART_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*\.parquet$")  # a plain file name inside the version
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 TMP_PREFIX = ".tmp-"
@@ -64,12 +72,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def version_number(path: Path) -> int | None:
-    """``N`` of a path named ``vN`` (no leading zeros), else None."""
-    m = _VERSION_RE.match(Path(path).name)
-    return int(m.group(1)) if m else None
 
 
 def list_versions(dataset: Path) -> list[Path]:
@@ -149,6 +151,8 @@ def _manifest_problem(m: Any) -> str | None:
                 return f"files[{i}].{key} is missing or not a count"
         if not isinstance(f.get("sha256"), str) or not _SHA256_RE.match(f["sha256"]):
             return f"files[{i}].sha256 is missing or not 64 hex digits"
+        if any(f["name"] == earlier["name"] for earlier in m["files"][:i]):
+            return f"files[{i}] names {f['name']} again (each part is read once)"
     for i, parent in enumerate(m["parents"]):
         if not isinstance(parent, dict) or not isinstance(parent.get("path"), str):
             return f"parents[{i}] is not an object with a 'path'"
@@ -157,23 +161,62 @@ def _manifest_problem(m: Any) -> str | None:
     return None
 
 
-def verify(version: Path) -> dict:
-    """Check every part against the manifest (sha256, rows); return the manifest."""
+def verify(version: Path, checksums: bool = True) -> dict:
+    """Check the parts against the manifest: no ``.parquet`` file in the folder that it does not
+    list, each listed one's size and sha256 (unless not ``checksums``), then its Parquet footer's
+    row count and schema against the manifest's rows and kind; return the manifest. Without
+    checksums only the footers are read (cheap enough for listings)."""
     version = Path(version)
     manifest = read_manifest(version)
+    listed = {entry["name"] for entry in manifest["files"]}
+    with os_errors(version, "cannot list the version folder", CorruptVersionError):
+        unlisted = sorted(n for n in os.listdir(version) if n.endswith(".parquet") and n not in listed)
+    if unlisted:
+        raise CorruptVersionError(f"{version / unlisted[0]}: a part in the version folder that its manifest does not list")
     for entry in manifest["files"]:
         part = version / entry["name"]
         if not part.is_file():
             raise CorruptVersionError(f"{part}: part listed in the manifest is missing")
-        try:
-            size, digest = part.stat().st_size, sha256_file(part)
-        except OSError as exc:
-            raise CorruptVersionError(f"{part}: cannot read ({exc.strerror})") from None
-        if size != entry["bytes"]:
-            raise CorruptVersionError(f"{part}: {size} bytes, manifest says {entry['bytes']} (cut off mid-write?)")
-        if digest != entry["sha256"]:
-            raise CorruptVersionError(f"{part}: sha256 does not match the manifest")
+        if checksums:
+            with os_errors(part, "cannot read", CorruptVersionError):
+                size, digest = part.stat().st_size, sha256_file(part)
+            if size != entry["bytes"]:
+                raise CorruptVersionError(f"{part}: {size} bytes, manifest says {entry['bytes']} (cut off mid-write?)")
+            if digest != entry["sha256"]:
+                raise CorruptVersionError(f"{part}: sha256 does not match the manifest")
+        _check_footer(part, entry["rows"], manifest["kind"])
     return manifest
+
+
+def _check_footer(part: Path, rows: int, kind: str) -> None:
+    """Raise unless the Parquet footer of ``part`` says ``rows`` rows of kind ``kind``'s schema."""
+    try:
+        footer = pq.read_metadata(part)
+        found, schema = footer.num_rows, footer.schema.to_arrow_schema().remove_metadata()
+    except (pa.ArrowException, OSError) as exc:
+        raise CorruptVersionError(f"{part}: not a readable Parquet file ({os_reason(exc)})") from None
+    if found != rows:
+        raise CorruptVersionError(f"{part}: holds {found} rows, the manifest says {rows}")
+    difference = _schema_difference(schema, SCHEMAS[kind])
+    if difference:
+        raise CorruptVersionError(f"{part}: {difference}, so it does not hold the kind {kind!r} its manifest says")
+
+
+def _schema_difference(found: pa.Schema, expected: pa.Schema) -> str | None:
+    """The first way ``found`` differs from ``expected`` in words, or None when they are equal."""
+    if found.equals(expected):
+        return None
+    missing = [n for n in expected.names if n not in found.names]
+    if missing:
+        return f"column {missing[0]!r} is missing"
+    extra = [n for n in found.names if n not in expected.names]
+    if extra:
+        return f"column {extra[0]!r} is not in the schema"
+    for field in expected:
+        other = found.field(field.name)
+        if not other.equals(field):
+            return f"column {field.name!r} is {other.type}{'' if other.nullable else ' not null'}, expected {field.type}"
+    return "columns are in another order"
 
 
 @dataclass
@@ -195,7 +238,10 @@ class Version:
         """The whole version as one table (schema of its kind)."""
         if not self.files:
             return SCHEMAS[self.kind].empty_table()
-        tables = [pq.read_table(p, columns=columns) for p in self.files]
+        tables = []
+        for part in self.files:
+            with os_errors(part, "cannot read", CorruptVersionError):
+                tables.append(pq.read_table(part, columns=columns))
         return pa.concat_tables(tables)
 
     def parent_ref(self) -> dict:
@@ -233,14 +279,18 @@ class VersionWriter:
     stats: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.dataset = Path(self.dataset)
-        check_out(self.dataset)
+        self.dataset = check_output(self.dataset, "dataset")
         try:
-            self.dataset.mkdir(parents=True, exist_ok=True)
+            self._made = workdirs.make_folders(self.dataset)
         except (OSError, RuntimeError) as exc:  # a file in the way, a symlink loop, no permission
-            raise HumanlineError(f"{self.dataset}: cannot create the dataset folder ({_reason(exc)})") from None
-        collect_garbage(self.dataset)
-        self.tmp, self._lock = _new_tmp(self.dataset)
+            raise HumanlineError(f"{self.dataset}: cannot create the dataset folder ({os_reason(exc)})") from None
+        try:
+            collect_garbage(self.dataset)
+            self._work = _new_tmp(self.dataset)
+        except BaseException:
+            workdirs.remove_if_empty(self._made)
+            raise
+        self.tmp = self._work.path
         self._files: list[dict] = []
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
@@ -263,11 +313,11 @@ class VersionWriter:
         self._pending_rows = rest.num_rows
         name = f"part-{len(self._files):05d}.parquet"
         part = self.tmp / name
-        pq.write_table(head, part, compression="zstd")
-        _fsync(part)
-        self._files.append(
-            {"name": name, "rows": head.num_rows, "bytes": part.stat().st_size, "sha256": sha256_file(part)}
-        )
+        with os_errors(part):
+            pq.write_table(head, part, compression="zstd")
+            _fsync(part)
+            entry = {"name": name, "rows": head.num_rows, "bytes": part.stat().st_size, "sha256": sha256_file(part)}
+        self._files.append(entry)
 
     def commit(self) -> Path:
         """Finish the parts, write the manifest, and rename into place as ``vN``; on any failure
@@ -296,8 +346,10 @@ class VersionWriter:
         for _ in range(COMMIT_TRIES):
             number = _next_number(self.dataset)
             manifest["version"] = number
-            (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-            _fsync(self.tmp / MANIFEST)
+            with os_errors(self.tmp / MANIFEST):
+                (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+                _fsync(self.tmp / MANIFEST)
+            self._work.unmark()  # the version holds its parts and manifest only
             target = self.dataset / f"v{number}"
             try:
                 os.rename(self.tmp, target)  # atomic; fails if another writer took vN meanwhile
@@ -305,23 +357,21 @@ class VersionWriter:
                 if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
                     continue
                 raise HumanlineError(f"{target}: cannot make the version visible ({exc.strerror})") from None
-            _fsync(self.dataset)
-            self._release()
+            self._work.release()
             self.path = target
+            with os_errors(self.dataset, "cannot sync the dataset folder"):
+                _fsync(self.dataset)
             return target
         raise HumanlineError(
             f"{target}: no free version number after {COMMIT_TRIES} tries; {_describe(target)} is in the way"
         )
 
     def abort(self) -> None:
-        """Remove the temporary directory (idempotent)."""
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self._release()
-
-    def _release(self) -> None:
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+        """Remove the temporary directory, and the dataset folder when this writer made it and it
+        is empty (idempotent; nothing once committed)."""
+        if self._work.held:
+            self._work.remove()
+            workdirs.remove_if_empty(self._made)
 
 
 class write_version:  # noqa: N801 - used as a context manager, reads like a function
@@ -344,32 +394,11 @@ class write_version:  # noqa: N801 - used as a context manager, reads like a fun
             self.writer.abort()
 
 
-def _reason(exc: BaseException) -> str:
-    return getattr(exc, "strerror", None) or str(exc)
-
-
-def check_out(dataset: str | os.PathLike) -> None:
-    """Raise unless ``dataset`` can be an output dataset folder: a folder or nothing yet, outside
-    every version folder (stages call it before their work as well as when they write)."""
-    dataset = Path(dataset)
-    try:
-        real = dataset.resolve()
-    except (OSError, RuntimeError) as exc:
-        raise HumanlineError(f"{dataset}: cannot use as the dataset folder ({_reason(exc)})") from None
-    for path in (dataset, *dataset.parents, real, *real.parents):
-        if version_number(path) is not None and (path / MANIFEST).is_file():
-            raise HumanlineError(
-                f"{dataset}: lies inside the version {path}; versions are immutable, "
-                f"so --out takes a dataset folder such as {path.parent}"
-            )
-    if dataset.exists() and not dataset.is_dir():
-        raise HumanlineError(f"{dataset}: exists and is not a folder, so it cannot be the dataset folder")
-
-
 def _next_number(dataset: Path) -> int:
     """One more than the highest ``vN`` name in ``dataset``, counting every entry so named
     (files, dangling links and empty folders too), so no such entry is ever in the way."""
-    numbers = [version_number(Path(name)) for name in os.listdir(dataset)]
+    with os_errors(dataset, "cannot list the dataset folder"):
+        numbers = [version_number(Path(name)) for name in os.listdir(dataset)]
     return max((n for n in numbers if n is not None), default=0) + 1
 
 
@@ -381,73 +410,55 @@ def _describe(path: Path) -> str:
     return "a file" if path.exists() else "nothing (it vanished)"
 
 
-def _flock(fd: int, how: int) -> bool:
-    """Take ``flock`` ``how`` on ``fd``; False when another process holds it (with LOCK_NB) or
-    the file system has no such locks (then nothing can be told apart and nothing is removed)."""
-    try:
-        fcntl.flock(fd, how)
-    except OSError:  # BlockingIOError: held elsewhere; EBADF/ENOLCK/EOPNOTSUPP: unsupported here
-        return False
-    return True
-
-
 @contextlib.contextmanager
 def _dataset_lock(dataset: Path, how: int) -> Iterator[bool]:
     """``flock`` the dataset folder itself (yields whether it is held): shared while a writer
-    creates and locks its temporary directory, exclusive while :func:`collect_garbage` looks
-    for dead ones."""
+    creates and marks its temporary directory, exclusive while :func:`collect_garbage` looks
+    for abandoned ones (so it never sees one half made)."""
     fd = os.open(dataset, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        yield _flock(fd, how)
+        yield workdirs.try_lock(fd, how)
     finally:
         os.close(fd)
 
 
-def _new_tmp(dataset: Path) -> tuple[Path, int]:
-    """A fresh ``.tmp-<uuid>`` directory in ``dataset`` and the fd holding its exclusive lock."""
-    tmp = dataset / f"{TMP_PREFIX}{uuid.uuid4().hex}"
-    try:
+def _new_tmp(dataset: Path) -> workdirs.WorkFolder:
+    """A fresh marked and locked ``.tmp-<uuid>`` work folder in ``dataset``."""
+    with os_errors(dataset, "cannot write a version here"):
         with _dataset_lock(dataset, fcntl.LOCK_SH):
-            tmp.mkdir()
-            fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
-            _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise HumanlineError(f"{dataset}: cannot write a version here ({exc.strerror})") from None
-    return tmp, fd
+            return workdirs.create(dataset / f"{TMP_PREFIX}{uuid.uuid4().hex}", "version")
+
+
+def is_dataset(folder: Path) -> bool:
+    """Whether ``folder`` holds versions or temporary folders of this project's writers."""
+    return holds_versions(folder) or bool(_temporaries(folder))
 
 
 def collect_garbage(dataset: str | os.PathLike) -> list[tuple[Path, int]]:
     """Remove the temporary directories of dead writers in ``dataset``; ``[(path, bytes)]`` freed.
 
-    A writer holds an exclusive lock on its directory for its whole life, so a directory whose
-    lock can be taken belongs to nobody (the kernel drops locks of killed processes).
+    Only ``.tmp-*`` folders that carry this project's marker and whose lock is free are removed
+    (:func:`humanline_data.workdirs.remove_abandoned`); anything else is left alone.
     """
     dataset = Path(dataset)
     freed = []
-    try:
+    with os_errors(dataset, "cannot clean up temporary folders"):
         with _dataset_lock(dataset, fcntl.LOCK_EX) as held:
-            for entry in os.scandir(dataset) if held else ():
-                if entry.name.startswith(TMP_PREFIX) and entry.is_dir(follow_symlinks=False) and _unowned(entry.path):
-                    path = Path(entry.path)
-                    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-                    shutil.rmtree(path)
+            for path in _temporaries(dataset) if held else ():
+                size = workdirs.remove_abandoned(path)
+                if size is not None:
                     freed.append((path, size))
-    except OSError as exc:
-        raise HumanlineError(f"{dataset}: cannot clean up temporary folders ({exc.strerror})") from None
     return freed
 
 
-def _unowned(tmp: str) -> bool:
-    """Whether no live writer holds the lock of the temporary directory ``tmp``."""
+def _temporaries(dataset: Path) -> list[Path]:
+    """The marked ``.tmp-*`` folders (not links) in ``dataset``, by name."""
     try:
-        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+        with os.scandir(dataset) as entries:
+            names = sorted(e.name for e in entries if e.name.startswith(TMP_PREFIX) and e.is_dir(follow_symlinks=False))
     except OSError:
-        return False  # vanished: its writer finished
-    try:
-        return _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    finally:
-        os.close(fd)
+        return []
+    return [dataset / name for name in names if workdirs.is_marked(dataset / name)]
 
 
 def _fsync(path: Path) -> None:
@@ -461,4 +472,5 @@ def _fsync(path: Path) -> None:
 def iter_batches(version: Version, batch_rows: int = 65_536, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
     """Stream a version's rows with bounded memory, part by part."""
     for part in version.files:
-        yield from pq.ParquetFile(part).iter_batches(batch_size=batch_rows, columns=columns)
+        with os_errors(part, "cannot read", CorruptVersionError):
+            yield from pq.ParquetFile(part).iter_batches(batch_size=batch_rows, columns=columns)

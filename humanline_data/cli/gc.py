@@ -7,18 +7,23 @@ from pathlib import Path
 import click
 
 from humanline_data.errors import HumanlineError
-from humanline_data.store import collect_garbage
+from humanline_data.store import collect_garbage, is_dataset
 
 
 @click.command("gc")
 @click.argument("datasets", nargs=-1, required=True, type=click.Path(path_type=Path))
 def gc(datasets: tuple[Path, ...]) -> None:
     """Remove the temporary folders of killed writers in DATASETS (<root>/<name>); folders of
-    writers still running are kept. Prints each folder removed and the total freed."""
+    writers still running, and anything not marked as a humanline-data temporary folder, are
+    kept. A folder that is not a dataset is refused before anything is removed. Prints each
+    folder removed and the total freed."""
+    for dataset in datasets:
+        if not dataset.is_dir() or not is_dataset(dataset):
+            raise HumanlineError(
+                f"{dataset}: not a dataset folder (no versions and no temporary folders of humanline-data); nothing removed"
+            )
     total = count = 0
     for dataset in datasets:
-        if not dataset.is_dir():
-            raise HumanlineError(f"{dataset}: not a dataset folder")
         for path, size in collect_garbage(dataset):
             click.echo(f"removed {path} ({size} bytes)")
             total, count = total + size, count + 1

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import click
 import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
-from humanline_data.inspect import diagnostics, query
+from humanline_data.inspect import diagnostics, query_batches
 
 BAR_WIDTH = 40  # characters of the longest histogram bar
-TABLE_ROWS = 1000  # rows shown by --format table (csv and json print all)
+TABLE_ROWS = 1000  # rows shown by --format table (csv and json print all, streamed)
 
 
 @click.command("inspect")
@@ -39,31 +41,34 @@ def inspect(inp: Path, sql: str | None, unsafe_sql: bool, fmt: str) -> None:
         else:
             _print_report(report)
     else:
-        _print_rows(query(inp, sql, unsafe=unsafe_sql), fmt)
+        with query_batches(inp, sql, unsafe=unsafe_sql) as (schema, batches):
+            _print_rows(schema, batches, fmt)
 
 
-def _print_rows(result: pa.Table, fmt: str) -> None:
-    rows = result.to_pylist()
+def _print_rows(schema: pa.Schema, batches: Iterator[pa.RecordBatch], fmt: str) -> None:
+    """Print the result rows as they stream in; ``table`` stops reading after the rows it shows."""
+    rows = (row for batch in batches for row in zip(*(column.to_pylist() for column in batch.columns)))
     if fmt == "json":
         for row in rows:
-            click.echo(json.dumps(row, default=str, ensure_ascii=False))
+            click.echo(json.dumps(dict(zip(schema.names, row)), default=str, ensure_ascii=False))
     elif fmt == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(result.column_names)
-        writer.writerows([_cell(v) for v in row.values()] for row in rows)
+        writer.writerow(schema.names)
+        writer.writerows(map(_cells, rows))
     else:
-        table = Table(*result.column_names)
-        for row in rows[:TABLE_ROWS]:
-            table.add_row(*(_cell(v) for v in row.values()))
+        shown = list(itertools.islice(rows, TABLE_ROWS + 1))
+        table = Table(*schema.names)
+        for row in shown[:TABLE_ROWS]:
+            table.add_row(*_cells(row))
         Console().print(table)
-        if len(rows) > TABLE_ROWS:
-            click.echo(f"... {len(rows) - TABLE_ROWS} more rows (use --format csv or json for all)")
+        if len(shown) > TABLE_ROWS:
+            click.echo(f"... more rows not shown (the first {TABLE_ROWS} are; use --format csv or json for all)")
 
 
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    return json.dumps(value, default=str, ensure_ascii=False) if isinstance(value, (list, dict)) else str(value)
+def _cells(row: tuple) -> list[str]:
+    """A result row's values as text: null as empty, lists and structs as JSON."""
+    return ["" if v is None else json.dumps(v, default=str, ensure_ascii=False) if isinstance(v, (list, dict)) else str(v)
+            for v in row]
 
 
 def _print_report(report: dict) -> None:

@@ -9,21 +9,22 @@ from rich.console import Console
 from rich.table import Table
 
 from humanline_data.errors import CorruptVersionError, HumanlineError
-from humanline_data.store import list_versions, read_manifest
+from humanline_data.store import list_versions, verify
 
 
 @click.command("versions")
 @click.argument("dataset", type=click.Path(path_type=Path))
 def versions(dataset: Path) -> None:
     """List versions of DATASET (<root>/<name>) with kind, rows, creation time and parents;
-    a folder whose manifest is missing, malformed or names another version is listed as broken."""
+    a folder whose manifest is missing, malformed or names another version, or whose parts'
+    footers disagree with its kind or rows, is listed as broken (checksums are not computed)."""
     found = list_versions(dataset)
     if not found:
         raise HumanlineError(f"{dataset}: no versions")
     table = Table("version", "kind", "rows", "created_at", "parents")
     for path in found:
         try:
-            m = read_manifest(path)
+            m = verify(path, checksums=False)
         except CorruptVersionError as err:
             table.add_row(path.name, "broken", "-", "-", str(err))
             continue

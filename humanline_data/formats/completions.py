@@ -20,11 +20,11 @@ from humanline_data.formats.fields import (
     carry_bookkeeping,
     completion_of,
     integer,
-    number,
     optional_integer,
     optional_number,
     optional_text,
     prompt,
+    reward,
     take,
 )
 from humanline_data.formats.problems import any_prompt
@@ -62,7 +62,7 @@ def completion_row(record: dict, msgs: list[dict], completion: str) -> tuple[str
         return "completions", row
     components = take(record, "reward_components", default=None)
     row.update(
-        reward=number(take(record, "reward"), "reward"),
+        reward=reward(take(record, "reward"), "reward"),
         scorer=optional_text(take(record, "scorer", default=None), "scorer") or "import",
         reward_components=_components(components),
     )

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from humanline_data.errors import SchemaError
+from humanline_data.schema import reward_problem
 
 # Source role names -> contract roles (TRL uses role/content, ShareGPT from/value).
 ROLE_ALIASES = {
@@ -91,9 +92,22 @@ def number(value: Any, column: str) -> float:
     """A finite float (ints accepted, booleans and strings refused)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RecordError("wrong_dtype", f"column {column!r} has dtype {_dtype(value)}, expected a number")
+    try:
+        value = float(value)
+    except OverflowError:  # an integer past float64's range
+        raise RecordError("non_finite", f"column {column!r} is an integer beyond float64's range (must be finite)") from None
     if not math.isfinite(value):
         raise RecordError("non_finite", f"column {column!r} is {value} (must be finite)")
-    return float(value)
+    return value
+
+
+def reward(value: Any, column: str) -> float:
+    """A reward: a finite number (:func:`number`) within the contract's magnitude bound."""
+    value = number(value, column)
+    problem = reward_problem(value)
+    if problem:
+        raise RecordError("reward_out_of_range", f"column {column!r} is {value:g} ({problem})")
+    return value
 
 
 def number_text(value: int | float, column: str) -> str:

@@ -46,6 +46,11 @@ class Source:
     split: str | None
     files: tuple[Path, ...]
 
+    @property
+    def is_version(self) -> bool:
+        """Whether this source is a version (or dataset) of this project."""
+        return self.files == (self.path,) and self.path.is_dir()
+
     def records(self) -> Iterator[tuple[str, dict | RecordError]]:
         return chain.from_iterable(read_records(f) for f in self.files)
 

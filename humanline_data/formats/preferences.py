@@ -15,9 +15,9 @@ from humanline_data.formats.fields import (
     boolean,
     completion_of,
     messages,
-    number,
     prompt,
     prompt_of,
+    reward,
     take,
     text,
 )
@@ -32,9 +32,9 @@ def pair_row(msgs: list[dict], chosen: str, rejected: str, record: dict) -> tupl
     chosen_reward = take(record, "chosen_reward", "score_chosen", default=None)
     rejected_reward = take(record, "rejected_reward", "score_rejected", default=None)
     if chosen_reward is not None:
-        chosen_reward = number(chosen_reward, "chosen_reward")
+        chosen_reward = reward(chosen_reward, "chosen_reward")
     if rejected_reward is not None:
-        rejected_reward = number(rejected_reward, "rejected_reward")
+        rejected_reward = reward(rejected_reward, "rejected_reward")
     margin = None if chosen_reward is None or rejected_reward is None else chosen_reward - rejected_reward
     return "pairs", {
         "messages": msgs,
@@ -48,12 +48,12 @@ def pair_row(msgs: list[dict], chosen: str, rejected: str, record: dict) -> tupl
 
 def unpaired_row(record: dict, msgs: list[dict], completion: str, column: str) -> tuple[str, dict]:
     """An unpaired row; the label is ``label`` (or LLaMA-Factory's ``kto_tag``)."""
-    reward = take(record, "reward", default=None)
+    score = take(record, "reward", default=None)
     return "unpaired", {
         "messages": prompt(msgs, column),
         "completion": completion,
         "desirable": boolean(take(record, "label", "kto_tag"), "label"),
-        "reward": None if reward is None else number(reward, "reward"),
+        "reward": None if score is None else reward(score, "reward"),
     }
 
 

@@ -46,7 +46,7 @@ def read_records(path: Path) -> Iterator[tuple[str, dict | RecordError]]:
     text (a lone UTF-16 surrogate escape) comes as the :class:`RecordError` that skips it."""
     path = Path(path)
     if path.is_dir():
-        yield from _rows(path, store.iter_batches(store.open_version(path)))
+        yield from version_records(store.open_version(path))
     elif path.name.endswith(PARQUET_SUFFIX):
         try:
             batches = pq.ParquetFile(path).iter_batches()
@@ -61,6 +61,11 @@ def read_records(path: Path) -> Iterator[tuple[str, dict | RecordError]]:
         yield from _rows(path, batches)
     else:
         yield from _json_records(path)
+
+
+def version_records(version: store.Version) -> Iterator[tuple[str, dict]]:
+    """``(where, row)`` for each row of an opened version (``where`` = ``<version>:row N``)."""
+    yield from _rows(version.path, store.iter_batches(version))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -9,8 +9,9 @@ A scorer spec names what gives the reward:
 =================================  ==============================================================
 
 The output carries every completion column plus ``reward`` (float64), ``scorer`` (the scorer's
-identity string) and ``reward_components`` (JSON object ``{name: float}``). A reward that is NaN
-or infinite stops the stage with a one-line error naming the row; nothing is written.
+identity string) and ``reward_components`` (JSON object ``{name: float}``). A reward that is NaN,
+infinite or beyond :data:`humanline_data.schema.MAX_ABS_REWARD` in magnitude stops the stage
+with a one-line error naming the row; nothing is written.
 
 Rows are scored in batches of ``batch_size`` by the :class:`BatchScorer` worker, in this
 process (``local`` executor) or on a Ray actor pool (``ray``, see
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -35,11 +35,13 @@ from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn, TimeR
 from humanline_data import executors
 from humanline_data.errors import HumanlineError
 from humanline_data.executors import Executor
+from humanline_data.outputs import check_output
+from humanline_data.schema import reward_problem
 from humanline_data.scorers.base import Scorer
 from humanline_data.store import open_version, write_version
 
 OUTPUT_COLUMNS = ("reward", "scorer", "reward_components")
-ROW_KEYS = ("prompt_id", "messages", "completion", "answer", "metadata")
+ROW_KEYS = ("prompt_id", "sample_idx", "messages", "completion", "answer", "metadata")
 
 
 def parse_spec(spec: str, format_weight: float = 0.0, workers: int = 1) -> Scorer:
@@ -82,6 +84,7 @@ def score(inp: str | os.PathLike, out: str | os.PathLike, scorer: str, batch_siz
     if batch_size < 1:
         raise HumanlineError(f"--batch-size must be at least 1, got {batch_size}")
     executor.check()
+    check_output(out, "dataset")
     source = open_version(inp, kinds=("completions", "scored"))
     table = source.read()
     table = table.drop_columns([c for c in OUTPUT_COLUMNS if c in table.column_names])
@@ -140,14 +143,15 @@ class BatchScorer:
 
 def _score_rows(table: pa.Table, identity: str, worker, batch_size: int, executor: Executor) -> pa.Table:
     """``reward`` and ``reward_components`` of every row (in row order), scored ``batch_size``
-    rows at a time by ``worker()`` instances under ``executor``; raises on a non-finite reward."""
+    rows at a time by ``worker()`` instances under ``executor``; raises on a reward that breaks
+    the contract (:func:`humanline_data.schema.reward_problem`)."""
     pieces = [(start, table.slice(start, batch_size).select(list(ROW_KEYS)))
               for start in range(0, table.num_rows, batch_size)]
     done: dict[int, pa.Table] = {}
     with _progress() as progress:
         task = progress.add_task(f"scoring ({identity})", total=table.num_rows)
         for start, result, _ in executors.run(executor, worker, pieces):
-            _check_finite(result.column("reward"), start, table, identity)
+            _check_rewards(result.column("reward"), start, table, identity)
             done[start] = result
             progress.advance(task, result.num_rows)
     if not pieces:
@@ -155,14 +159,16 @@ def _score_rows(table: pa.Table, identity: str, worker, batch_size: int, executo
     return pa.concat_tables([done[start] for start, _ in pieces])
 
 
-def _check_finite(rewards: pa.Array, start: int, table: pa.Table, identity: str) -> None:
-    """Raise naming the first row (``start`` + offset into ``table``) with a NaN/inf reward."""
+def _check_rewards(rewards: pa.Array, start: int, table: pa.Table, identity: str) -> None:
+    """Raise naming the first row (``start`` + offset into ``table``) whose reward is NaN,
+    infinite or too large."""
     for offset, reward in enumerate(rewards.to_pylist()):
-        if not math.isfinite(reward):
+        problem = reward_problem(reward)
+        if problem:
             key = table.slice(start + offset, 1).select(["prompt_id", "sample_idx"]).to_pylist()[0]
             raise HumanlineError(
                 f"row {start + offset} (prompt_id {key['prompt_id']}, sample_idx {key['sample_idx']}): "
-                f"scorer {identity} gave reward {reward}; rewards must be finite"
+                f"scorer {identity} gave reward {reward}; rewards {problem}"
             )
 
 

@@ -11,7 +11,7 @@ class Scorer:
     """A scorer turns rows into rewards.
 
     ``identity`` is the string stored in the ``scorer`` column, ``params`` and ``producer`` go
-    into the manifest. ``__call__`` takes a batch of row dicts with keys ``prompt_id``,
+    into the manifest. ``__call__`` takes a batch of row dicts with keys ``prompt_id``, ``sample_idx``,
     ``messages`` (list of ``{role, content}``), ``completion``, ``answer`` (str or None) and
     ``metadata`` (dict or None) and returns, per row and in order, ``(reward, components)``:
     a float and a ``{name: float}`` dict of the parts the reward was built from.

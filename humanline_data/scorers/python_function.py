@@ -2,8 +2,16 @@
 
 ``python:<module>:<function>`` names the function; ``<module>`` is a dotted module name
 (importable from the current directory or the environment) or a path to a ``.py`` file.
-``fn`` gets a list of row dicts (``prompt_id``, ``messages``, ``completion``, ``answer``,
-``metadata``) and must return one real number per row, in order.
+``fn`` gets a list of row dicts (``prompt_id``, ``sample_idx``, ``messages``, ``completion``,
+``answer``, ``metadata``) and must return one real number per row, in order.
+
+The user's code is contained: an exception it raises (``sys.exit`` included; not
+``KeyboardInterrupt``), while imported or called, becomes one line naming the function and the
+row (``prompt_id``, ``sample_idx``) it failed on. When a batch of several rows fails, each row
+is scored alone once to find the one that fails (the function is called again for that); if no
+single row fails, the line names the batch. A value that is not a real number, or an integer
+too large for float64, is named the same way; the stage's driver refuses NaN, infinite and
+too-large rewards (:func:`humanline_data.schema.reward_problem`). Nothing is written then.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import inspect
 import numbers
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Callable
 
@@ -39,8 +48,8 @@ def load_function(module: str, function: str) -> Callable:
         raise
     except ImportError as exc:
         raise HumanlineError(f"python scorer: cannot import {module} ({exc})") from exc
-    except Exception as exc:  # noqa: BLE001 - any error in the user's module, reported on one line
-        raise HumanlineError(f"python scorer: importing {module} failed: {type(exc).__name__}: {exc}") from exc
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any error in the user's module, on one line
+        raise HumanlineError(f"python scorer: importing {module} failed: {_describe(exc)}") from None
     fn = getattr(mod, function, None)
     if not callable(fn):
         raise HumanlineError(f"python scorer: {module} has no function {function!r}")
@@ -58,25 +67,69 @@ class PythonFunction(Scorer):
         self.producer = {"scorer": self.identity, "source": _source_file(self.fn)}
 
     def __call__(self, rows: list[dict]) -> list[tuple[float, dict[str, float]]]:
-        rewards = self.fn([dict(r) for r in rows])
         try:
-            values = list(rewards)
-        except TypeError:
+            returned, values = self._run(rows)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's code failed
+            failing = next((i for i in range(len(rows)) if len(rows) > 1 and self._fails(rows[i])), None)
+            where = _row(rows[failing]) if failing is not None else f"the batch of {len(rows)} rows from {_row(rows[0])}"
+            raise HumanlineError(f"python scorer {self.identity}: raised {_describe(exc)}, at {where}") from None
+        if values is None:
             raise HumanlineError(
-                f"python scorer {self.identity}: returned {type(rewards).__name__}, expected a list of floats"
-            ) from None
+                f"python scorer {self.identity}: returned {type(returned).__name__}, expected a list of floats"
+            )
         if len(values) != len(rows):
             raise HumanlineError(
                 f"python scorer {self.identity}: returned {len(values)} rewards for a batch of {len(rows)} rows"
             )
-        out = []
-        for value in values:
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise HumanlineError(
-                    f"python scorer {self.identity}: returned {value!r} ({type(value).__name__}), expected a float"
-                )
-            out.append((float(value), {self.function: float(value)}))
-        return out
+        return [(reward, {self.function: reward}) for reward in map(self._reward, values, rows)]
+
+    def _run(self, rows: list[dict]) -> tuple[object, list | None]:
+        """What the user function returns for ``rows`` (copies) and its values as a list (None
+        when it is no iterable); raises what the user's code raises, also while iterating."""
+        returned = self.fn([dict(r) for r in rows])
+        return returned, list(returned) if isinstance(returned, Iterable) else None
+
+    def _fails(self, row: dict) -> bool:
+        """Whether the function raises on ``row`` alone."""
+        try:
+            self._run([row])
+        except (Exception, SystemExit):  # noqa: BLE001
+            return True
+        return False
+
+    def _reward(self, value, row: dict) -> float:
+        """``value`` as a float; raises naming ``row`` when it is not a real number or too large."""
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise HumanlineError(
+                f"python scorer {self.identity}: returned {_short(repr(value))} ({type(value).__name__}), "
+                f"expected a float, at {_row(row)}"
+            )
+        try:
+            return float(value)
+        except (OverflowError, ValueError, TypeError) as exc:  # past float64's range, or a broken __float__
+            raise HumanlineError(
+                f"python scorer {self.identity}: returned a number that is no float64 ({exc}), at {_row(row)}"
+            ) from None
+
+
+def _row(row: dict) -> str:
+    return f"row (prompt_id {row['prompt_id']}, sample_idx {row['sample_idx']})"
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception raised by user code, on one short line."""
+    if isinstance(exc, SystemExit):
+        return _short(f"SystemExit({exc.code!r}) (sys.exit)")
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - a user exception whose message itself fails
+        message = ""
+    return _short(f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 

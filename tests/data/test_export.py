@@ -41,9 +41,6 @@ BACK = {
 }
 # This project's own columns import back as the same kind, every column unchanged.
 OWN = [(fmt, kind) for fmt in ("jsonl", "parquet") for kind in SCHEMAS]
-# Import reads this project's own rows of these kinds as another kind or not at all (the
-# importer's handling of its own pairs/unpaired/groups rows is being fixed elsewhere).
-OWN_NOT_READ = {"pairs", "unpaired", "groups"}
 
 
 def run(*args):
@@ -113,9 +110,7 @@ def test_export_then_import_gives_back_the_prompt_ids_and_rows(versions, tmp_pat
 
 
 @pytest.mark.parametrize("fmt, kind", OWN, ids=lambda v: v)
-def test_own_columns_import_back_unchanged(versions, tmp_path, fmt, kind, request):
-    if kind in OWN_NOT_READ:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"import does not yet read own {kind} rows"))
+def test_own_columns_import_back_unchanged(versions, tmp_path, fmt, kind):
     src = rows_of(versions[kind])
     file = exported(versions[kind], fmt, tmp_path / file_name(fmt))
     back = imported(file, tmp_path / "back", "--format", "auto")
@@ -184,7 +179,7 @@ def test_bad_out_is_refused_and_nothing_changes(versions, tmp_path):
     taken.write_bytes(b"keep me\n")
     cases = [
         (taken, f"{taken}: already exists; export never overwrites"),
-        (tmp_path, f"{tmp_path}: already exists"),
+        (tmp_path, f"{tmp_path}: is a folder"),
         (dataset / "pairs.jsonl", f"{dataset / 'pairs.jsonl'}: lies inside the dataset folder {dataset}"),
         (versions["pairs"] / "sub" / "p.jsonl", f"lies inside the version {versions['pairs']}"),
         (taken / "p.jsonl", f"{taken}: cannot create the folder"),

@@ -18,7 +18,8 @@ from humanline_data import bundled, store
 from humanline_data.cli import main
 from humanline_data.errors import InputFormatError
 from humanline_data.importers import import_sources, infer_split
-from humanline_data.schema import prompt_id
+from humanline_data.pair import build
+from humanline_data.schema import SCHEMAS, prompt_id
 
 
 def run(*args: str):
@@ -181,6 +182,34 @@ def test_sources_json_array_gzip_parquet_and_versions_roundtrip(tmp_path):
     assert again.manifest["params"]["sources"][0]["sha256"] == store.sha256_file(first.path / "manifest.json")
 
 
+def test_every_kind_of_our_own_versions_imports_as_itself(tmp_path):
+    """A version of this project is imported as its own kind, whatever its columns look like to
+    format detection (pairs looked like trl, unpaired like scored completions, groups like prompts):
+    the same rows and prompt_ids, and the new version's parents name the source version."""
+    scored = imported(jsonl(tmp_path / "s_train.jsonl", [
+        {"prompt": p, "completion": f"{p} says {s}", "reward": float(s), "sample_idx": s, "topic": p}
+        for p in ("Q1", "Q2") for s in range(3)]), "--out", tmp_path / "scored")
+    plain = imported(jsonl(tmp_path / "c_train.jsonl", [{"prompt": "Q", "completion": "A"}]), "--out", tmp_path / "c")
+    prompts = imported(jsonl(tmp_path / "p_test.jsonl", [{"prompt": "Q", "answer": "1"}]), "--out", tmp_path / "p")
+    sources = [scored, plain, prompts] + [store.open_version(build(scored.path, tmp_path / mode, mode=mode))
+                                          for mode in ("pairs", "groups", "unpaired")]
+    assert sorted(v.kind for v in sources) == sorted(SCHEMAS)
+    for source in sources:
+        again = imported(source.path, "--out", tmp_path / f"again-{source.kind}")
+        assert again.kind == source.kind and again.manifest["rows"] > 0
+        assert again.read().equals(source.read())
+        assert [p["path"] for p in again.manifest["parents"]] == [str(source.path.resolve())]
+        assert again.manifest["params"]["sources"][0]["format"] == "version"
+    pairs = sources[3]
+    trl = jsonl(tmp_path / "more.jsonl", [{"prompt": "Q9", "chosen": "a", "rejected": "b"}])
+    both = imported(pairs.path, trl, "--out", tmp_path / "both", "--limit", "3")
+    assert both.kind == "pairs" and both.read().slice(0, 2).equals(pairs.read())
+    assert len(both.manifest["parents"]) == 1 and both.manifest["rows"] == 3
+    result = run(pairs.path, tmp_path / "p_test.jsonl", "--out", tmp_path / "mixed")
+    assert result.exit_code == 2 and "a prompts record among pairs records" in result.stderr
+    assert store.list_versions(tmp_path / "mixed") == []
+
+
 def test_manifest_records_sources_format_and_counts(tmp_path):
     a = jsonl(tmp_path / "a_train.jsonl", [{"problem": f"p{i}", "answer": "1"} for i in range(3)])
     b = jsonl(tmp_path / "b_train.jsonl", [{"question": "q", "answer": "#### 2"}, {"question": "p0", "answer": "#### 3"}])
@@ -230,6 +259,12 @@ GOOD = [{"prompt": "Q", "completion": "A", "reward": 1.0}]
          r"bad_train\.jsonl:2: format completions: empty 'completion'"),
         ('{"prompt": "Q", "completion": "A", "reward": NaN}\n', [], r"bad_train\.jsonl:1: format completions: column 'reward' is nan"),
         ('{"prompt": "Q", "completion": "A", "reward": Infinity}\n', [], r"column 'reward' is inf \(must be finite\)"),
+        ('{"prompt": "Q", "completion": "A", "reward": 1e200}\n', [],
+         r"bad_train\.jsonl:1: format completions: column 'reward' is 1e\+200 \(must be at most 1e\+100 in magnitude\)"),
+        ('{"prompt": "Q", "completion": "A", "reward": 1' + "0" * 400 + '}\n', [],
+         r"bad_train\.jsonl:1: format completions: column 'reward' is an integer beyond float64's range"),
+        ('{"prompt": "Q", "chosen": "a", "rejected": "b", "chosen_reward": -1e300, "rejected_reward": 0}\n', [],
+         r"bad_train\.jsonl:1: format trl: column 'chosen_reward' is -1e\+300 \(must be at most 1e\+100"),
         ('{"prompt": "Q", "completion": "A", "reward": "0.5"}\n', [],
          r"bad_train\.jsonl:1: format completions: column 'reward' has dtype str, expected a number"),
         ('{"prompt": "Q", "completion": "A", "sample_idx": 0}\n{"prompt": "Q", "completion": "B", "sample_idx": 0}\n', [],
@@ -247,7 +282,8 @@ GOOD = [{"prompt": "Q", "completion": "A", "reward": 1.0}]
     ],
     ids=[
         "malformed-jsonl", "malformed-array", "not-object", "missing-column", "unknown-role", "empty-prompt",
-        "empty-completion", "nan-reward", "inf-reward", "reward-string", "duplicate-sample", "label-dtype",
+        "empty-completion", "nan-reward", "inf-reward", "huge-reward", "huge-int-reward", "huge-chosen-reward",
+        "reward-string", "duplicate-sample", "label-dtype",
         "gsm8k-no-answer", "hh-malformed", "mixed-kinds", "unknown-format", "undetectable", "empty-file",
     ],
 )

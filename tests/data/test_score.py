@@ -329,6 +329,72 @@ def test_python_function_bad_returns(tmp_path, function, message):
     assert list_versions(tmp_path / "s") == []
 
 
+HOSTILE_SCORER = """
+import sys
+
+def raises_on_bad(batch):
+    return [1.0 if "bad" not in row["completion"] else int("not a number") for row in batch]
+
+def exits(batch):
+    sys.exit(3)
+
+def batch_of_one_only(batch):
+    assert len(batch) == 1, "batches are too big"
+    return [1.0]
+
+def inf_on_bad(batch):
+    return [float("inf") if "bad" in row["completion"] else 1.0 for row in batch]
+
+def huge_on_bad(batch):
+    return [1e300 if "bad" in row["completion"] else 1.0 for row in batch]
+
+def huge_int_on_bad(batch):
+    return [10 ** 400 if "bad" in row["completion"] else 1 for row in batch]
+
+def generator_that_raises(batch):
+    yield 1.0
+    raise RuntimeError("ran dry")
+
+def returns_none(batch):
+    return None
+"""
+
+
+@pytest.mark.parametrize(("function", "message"), [
+    ("raises_on_bad", "raised ValueError: invalid literal for int() with base 10: 'not a number', at row (prompt_id {bad})"),
+    ("exits", "raised SystemExit(3) (sys.exit), at row (prompt_id {first})"),
+    ("batch_of_one_only", "raised AssertionError: batches are too big, at the batch of 3 rows from row (prompt_id {first})"),
+    ("inf_on_bad", "row 1 (prompt_id {bad}): scorer python:{module}:inf_on_bad gave reward inf; rewards must be finite"),
+    ("huge_on_bad", "row 1 (prompt_id {bad}): scorer python:{module}:huge_on_bad gave reward 1e+300; "
+                    "rewards must be at most 1e+100 in magnitude"),
+    ("huge_int_on_bad", "returned a number that is no float64 (int too large to convert to float), at row (prompt_id {bad})"),
+    ("generator_that_raises", "raised RuntimeError: ran dry, at row (prompt_id {first})"),
+    ("returns_none", "returned NoneType, expected a list of floats"),
+])
+def test_user_code_that_fails_is_one_line_naming_function_and_row(tmp_path, function, message):
+    module = tmp_path / "hostile.py"
+    module.write_text(HOSTILE_SCORER)
+    inp = write_input(tmp_path / "c", [{"prompt": "a", "completion": "good"}, {"prompt": "b", "completion": "bad", "sample_idx": 4},
+                                       {"prompt": "c", "completion": "good too"}])
+    good = score(inp, tmp_path / "s", f"python:{USER_SCORER}:length_reward")
+    before = {p.name: p.read_bytes() for p in good.iterdir()}
+    ids = open_version(inp).read(columns=["prompt_id"]).column("prompt_id").to_pylist()
+    line = error_line(run_cli("score", inp, "--scorer", f"python:{module}:{function}", "--out", tmp_path / "s"))
+    assert f"python:{module}:{function}" in line
+    assert message.format(first=f"{ids[0]}, sample_idx 0", bad=f"{ids[1]}, sample_idx 4", module=module) in line
+    assert list_versions(tmp_path / "s") == [good] and {p.name: p.read_bytes() for p in good.iterdir()} == before
+    assert not list((tmp_path / "s").glob(".tmp-*"))
+
+
+def test_user_module_that_exits_on_import_is_one_line(tmp_path):
+    module = tmp_path / "quits.py"
+    module.write_text("import sys\nsys.exit('no scoring today')\n")
+    inp = write_input(tmp_path / "c", [{"prompt": "a", "completion": "x"}])
+    line = error_line(run_cli("score", inp, "--scorer", f"python:{module}:f", "--out", tmp_path / "s"))
+    assert line == f"error: python scorer: importing {module} failed: SystemExit('no scoring today') (sys.exit)"
+    assert not (tmp_path / "s").exists()
+
+
 # ---------------------------------------------------------------- bad inputs through the CLI
 
 
