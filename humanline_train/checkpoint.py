@@ -25,7 +25,6 @@ directory while it trains, so two trainers never share one.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import math
@@ -41,7 +40,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from humanline_data.errors import HumanlineError
+from humanline_data.errors import HumanlineError, os_errors
 from humanline_data.store import sha256_file
 
 SETTINGS = "settings.json"
@@ -110,13 +109,17 @@ def check_resume(run_dir: Path, settings: dict) -> Path | None:
 
 
 def intact_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint whose files match its manifest; each damaged one on the way is
-    named on stderr (``warning: ...``)."""
+    """The newest checkpoint whose files match its manifest and whose step metrics.jsonl has
+    logged whole (a torn last line is re-run); each one passed over is named on stderr."""
+    logged = _logged_steps(run_dir)
     for path in sorted(_checkpoints(run_dir), key=lambda p: -_step_of(p)):
         problem = checkpoint_problem(path)
+        problem = problem and f"damaged ({problem})"
+        if problem is None and logged is not None and _step_of(path) > logged:
+            problem = f"{METRICS} ends at step {logged}, so its later steps run again"
         if problem is None:
             return path
-        print(f"warning: {path} is damaged ({problem}); passing over it", file=sys.stderr)
+        print(f"warning: passing over {path}: {problem}", file=sys.stderr)
     print(f"warning: {run_dir} holds no intact checkpoint; training starts again from step 0", file=sys.stderr)
     return None
 
@@ -143,6 +146,19 @@ def checkpoint_problem(path: Path) -> str | None:
         except OSError as err:
             return f"{name}: {err.strerror}"
     return None
+
+
+def _logged_steps(run_dir: Path) -> int | None:
+    """Steps 1..N that metrics.jsonl holds whole, in order (None without the file)."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return None
+    logged = 0
+    for line in path.read_text(errors="replace").splitlines():
+        if not _step_line(line, logged + 1) or json.loads(line)["step"] != logged + 1:
+            break
+        logged += 1
+    return logged
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:
@@ -174,7 +190,7 @@ def reopen_run_dir(run_dir: Path, step: int) -> int:
     killed writes left in it (temporary, replaced and staged files and folders) and keep the
     metrics of its first ``step`` steps."""
     lock = lock_run_dir(run_dir)
-    with disk_errors(run_dir):
+    with os_errors(run_dir, error=RunDirError):
         for folder in (run_dir, run_dir / "checkpoints"):
             for path in folder.iterdir() if folder.is_dir() else ():
                 if path.name.startswith(_LEFTOVER_PREFIXES):
@@ -210,22 +226,11 @@ def _flat(settings: dict, prefix: str = "") -> dict:
 
 def start_run_dir(run_dir: Path, settings: dict) -> int:
     """Create the run directory with its settings; the held :func:`lock_run_dir` descriptor."""
-    with disk_errors(run_dir):
+    with os_errors(run_dir, error=RunDirError):
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = lock_run_dir(run_dir)
         write_atomic(run_dir / SETTINGS, json.dumps(settings, indent=2, sort_keys=True))
     return lock
-
-
-@contextlib.contextmanager
-def disk_errors(path: Path) -> Iterator[None]:
-    """Turn an OS error while writing ``path`` (a full disk, no permission) into one line naming it."""
-    try:
-        yield
-    except OSError as err:
-        reason = err.strerror or str(err)
-        code = errno.errorcode.get(err.errno, "")
-        raise RunDirError(f"{path}: cannot write ({code + ': ' if code else ''}{reason})") from None
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -312,7 +317,7 @@ def save(
     check_finite_weights(weights if weights is not None else policy.state_dict(), target)
     tmp = target.parent / f".tmp-{uuid.uuid4().hex}"
     try:
-        with disk_errors(target):
+        with os_errors(target, error=RunDirError):
             tmp.mkdir(parents=True)
             save_policy(policy, tokenizer, tmp, weights)
             if staged is not None:

@@ -30,6 +30,7 @@ from accelerate.utils import DistributedType
 from humanline_data.backends import load_tokenizer
 from humanline_data.errors import HumanlineError
 from humanline_data.models import resolve_model
+from humanline_data.outputs import check_output
 from humanline_train import checkpoint
 from humanline_train.batches import ShardLoader, Step, StepStream, open_shards
 from humanline_train.logprobs import LogprobModel
@@ -266,6 +267,7 @@ def check_config(config: TrainConfig):
     """Refuse bad settings with one line; resolve precision; pin (or, resuming, re-check) the
     shard version and return it opened (None for an online run without shards)."""
     config.check()
+    check_output(config.out, "run")
     online, data, hl = config.online, config.data, config.humanline
     if online.refresh_every:
         missing = [f for f, v in (("--prompts", online.prompts), ("--scorer", online.scorer), ("--max-steps", data.max_steps)) if not v]

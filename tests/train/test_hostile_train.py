@@ -4,6 +4,8 @@ checkpoints, a resume from the newest intact one), and nothing already written i
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from click.testing import CliRunner
 
@@ -115,3 +117,117 @@ def test_non_finite_weights_are_never_saved(tiny_model, tmp_path):
     with pytest.raises(checkpoint.DivergedError, match=r"step-7: not saved, weight .* holds NaN or infinity"):
         checkpoint.save(tmp_path, 7, model, AutoTokenizer.from_pretrained(tiny_model), {}, {})
     assert not (tmp_path / "checkpoints" / "step-7").exists()
+
+
+def test_outputs_that_are_no_run_folder_are_refused(pairs, tiny_model, tmp_path, monkeypatch):
+    """--out "" / "." / "/" / a dataset folder / inside one / inside a version: one line, nothing written."""
+    dataset = pairs.parent
+    before = sorted(str(p) for p in dataset.rglob("*"))
+    monkeypatch.chdir(tmp_path)
+    for out, needle in [("", "--out must name a folder"), ("/", "/: the filesystem root cannot be the run folder"),
+                        (dataset, f"{dataset}: is the dataset folder {dataset}"), (dataset / "run", "lies inside the dataset folder"),
+                        (pairs / "run", f"lies inside the version {pairs}")]:
+        message = one_error_line(CliRunner().invoke(main, [*_args(pairs, tiny_model), "--out", str(out)]))
+        assert needle in message, message
+    assert sorted(str(p) for p in dataset.rglob("*")) == before and not list(tmp_path.iterdir())
+
+
+def _losses(run):
+    import json
+
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def whole_run(pairs, tiny_model, tmp_path_factory):
+    """4 steps, checkpoints after steps 2 and 4: the run every damaged one must resume to."""
+    run = tmp_path_factory.mktemp("whole") / "run"
+    result = CliRunner().invoke(main, [*_args(pairs, tiny_model), "--max-steps", "4", "--save-every", "2", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.mark.parametrize("damage", ["trainer_state.pt", "model.safetensors", "reference.pt", "metrics.jsonl"])
+def test_a_damaged_checkpoint_is_named_and_the_run_resumes_from_the_newest_intact_one(whole_run, tmp_path, damage):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(whole_run, run)
+    if damage == "metrics.jsonl":  # a kill mid-line: the last line torn
+        metrics = run / "metrics.jsonl"
+        metrics.write_bytes(metrics.read_bytes()[:-25])
+    else:
+        target = run / "checkpoints" / "step-4" / damage
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    result = CliRunner().invoke(main, ["--resume", str(run)])
+    assert result.exit_code == 0, result.output
+    why = "metrics.jsonl ends at step 3, so its later steps run again" if damage == "metrics.jsonl" else f"damaged ({damage}: "
+    assert f"warning: passing over {run / 'checkpoints' / 'step-4'}: {why}" in result.stderr
+    assert _losses(run) == pytest.approx(_losses(whole_run), abs=1e-6)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-2", "step-4"]
+
+
+KILLED_AT_FIRST_SAVE = """
+import os, signal, sys
+from humanline_train import checkpoint
+checkpoint._write_manifest = lambda folder, step: os.kill(os.getpid(), signal.SIGKILL)  # every file written, then killed
+from humanline_train.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_run_killed_during_its_first_save_resumes_from_the_start(pairs, tiny_model, whole_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_FIRST_SAVE, *_args(pairs, tiny_model), "--max-steps", "4",
+                             "--save-every", "2", "--out", str(run)], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert killed.returncode == -9
+    assert [p.name[:5] for p in (run / "checkpoints").iterdir()] == [".tmp-"]  # the unfinished save
+    again = CliRunner().invoke(main, [*_args(pairs, tiny_model), "--max-steps", "4", "--save-every", "2", "--out", str(run)])
+    assert "already exists and is not empty; pass --resume" in one_error_line(again)
+    result = CliRunner().invoke(main, ["--resume", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "holds no intact checkpoint; training starts again from step 0" in result.stderr
+    assert _losses(run) == pytest.approx(_losses(whole_run), abs=1e-6)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-2", "step-4"]  # the leftover is gone
+
+
+def test_one_run_folder_one_trainer(whole_run, tmp_path):
+    import os
+    import shutil
+
+    from humanline_train import checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(whole_run, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    lock = checkpoint.lock_run_dir(run)  # another trainer holds it
+    try:
+        message = one_error_line(CliRunner().invoke(main, ["--resume", str(run)]))
+    finally:
+        os.close(lock)
+    assert message == f"error: {run} is in use by another humanline-train process"
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def train_on_a_full_disk(mount, shards: str, model: str) -> dict:
+    """A run whose folder is on a disk too small for its first checkpoint (the child's side)."""
+    run = mount / "run"
+    result = CliRunner().invoke(main, [*_args(shards, model), "--max-steps", "2", "--out", str(run)])
+    return {"exit": result.exit_code, "stderr": result.stderr, "checkpoints": sorted(os.listdir(run / "checkpoints")),
+            "metrics": (run / "metrics.jsonl").read_text().count("\n"), "exception": repr(result.exception)}
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_naming_it(pairs, tiny_model, tmp_path):
+    from small_disk import on_small_fs
+
+    result = on_small_fs(tmp_path, "6m", __file__, "train_on_a_full_disk", str(pairs), str(tiny_model))
+    lines = [line for line in result["stderr"].splitlines() if line.startswith("error: ")]
+    assert result["exit"] == 2 and "Traceback" not in result["stderr"], result
+    assert lines == [f"error: {tmp_path / 'small' / 'run' / 'checkpoints' / 'step-2'}: cannot write "
+                     "(No space left on device, ENOSPC)"]
+    assert result["checkpoints"] == [] and result["metrics"] == 2  # no half checkpoint; the steps' metrics kept
