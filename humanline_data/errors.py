@@ -6,7 +6,9 @@ is raised, because versions are only made visible by the final rename in ``store
 """
 
 import contextlib
+import errno
 import os
+import re
 import sys
 from typing import Iterator
 
@@ -41,21 +43,30 @@ class ModelNotFoundError(HumanlineError):
 
 
 def os_reason(exc: BaseException) -> str:
-    """The OS's words for an OSError (``No space left on device``), else its first line."""
+    """The OS's words and code for an OSError (``No space left on device, ENOSPC``), else its first line."""
     number = getattr(exc, "errno", None)
     if isinstance(number, int) and number > 0:
-        return os.strerror(number)
+        return f"{os.strerror(number)}, {errno.errorcode.get(number, number)}"
     return (getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__).splitlines()[0]
 
 
 @contextlib.contextmanager
 def os_errors(path: str | os.PathLike, doing: str = "cannot write", error: type = HumanlineError) -> Iterator[None]:
     """Turn an OSError raised inside (a full disk, an I/O error, no permission; pyarrow's I/O
-    errors included) into ``error`` saying ``<path>: <doing> (<OS reason>)``."""
+    errors included, and the ``(os error N)`` that Rust-backed libraries such as safetensors
+    raise as their own type) into ``error`` saying ``<path>: <doing> (<OS reason>)``."""
     try:
         yield
     except OSError as exc:
         raise error(f"{path}: {doing} ({os_reason(exc)})") from None
+    except Exception as exc:
+        rust = _RUST_OS_ERROR.search(str(exc))
+        if rust is None:
+            raise
+        raise error(f"{path}: {doing} ({os_reason(OSError(int(rust.group(1)), ''))})") from None
+
+
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
 class OneLineErrorGroup(click.Group):

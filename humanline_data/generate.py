@@ -53,10 +53,11 @@ from humanline_data.backends import (
     resolve_backend_name,
     sample_seed,
 )
-from humanline_data.errors import SchemaError, WrongKindError, os_errors
+from humanline_data.errors import HumanlineError, SchemaError, WrongKindError, os_errors
 from humanline_data.executors import Executor
 from humanline_data.models import EMBEDDED_MODEL, model_fingerprint, model_identity, resolve_model
 from humanline_data.outputs import check_output
+from humanline_data.ranges import check_fields
 from humanline_data.schema import SCHEMAS
 from humanline_data.store import Version, iter_batches, open_version, write_version
 
@@ -209,11 +210,11 @@ def _shard_of(prompt_id: str, num_shards: int) -> int:
 
 
 def _check_args(params: SamplingParams, batch_size: int, shard_index: int, num_shards: int, limit) -> None:
+    try:
+        check_fields(params)
+    except HumanlineError as err:
+        raise GenerationError(str(err)) from None
     problems = [
-        (params.n < 1, f"n must be >= 1, got {params.n}"),
-        (params.temperature < 0, f"temperature must be >= 0, got {params.temperature}"),
-        (not 0 < params.top_p <= 1, f"top_p must be in (0, 1], got {params.top_p}"),
-        (params.max_new_tokens < 1, f"max_new_tokens must be >= 1, got {params.max_new_tokens}"),
         (batch_size < 1, f"batch_size must be >= 1, got {batch_size}"),
         (num_shards < 1, f"num_shards must be >= 1, got {num_shards}"),
         (not 0 <= shard_index < num_shards, f"shard_index must be in [0, {num_shards}), got {shard_index}"),

@@ -41,11 +41,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from humanline_data.backends import SamplingParams
-from humanline_data.errors import HumanlineError, SchemaError
+from humanline_data.errors import HumanlineError, SchemaError, os_errors
 from humanline_data.generate import distinct_prompts, generate
 from humanline_data.models import model_identity, resolve_model
+from humanline_data.outputs import check_output
 from humanline_data.scorers import parse_spec, score
 from humanline_data.store import open_version, write_version
+from humanline_train.checkpoint import write_atomic
 
 SAMPLED_KINDS = ("completions", "scored")
 GREEDY = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=256, seed=0)  # eval's defaults
@@ -258,11 +260,14 @@ def _write_baseline(rows: pa.Table, reference, out: Path) -> Path:
 def eval_command(out: Path | None, n: int, temperature: float, top_p: float, max_new_tokens: int, seed: int,
                  **kwargs) -> None:
     """Evaluate a model: pass@1 (math) or win rate against --baseline; prints the result as JSON."""
+    if out is not None:
+        check_output(out, "file")
     sampling = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     text = json.dumps(evaluate(sampling=sampling, **kwargs), indent=2)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
+        with os_errors(out):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(out, text + "\n")
     click.echo(text)
 
 

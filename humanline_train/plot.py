@@ -13,8 +13,9 @@ from pathlib import Path
 
 import click
 
-from humanline_data.errors import HumanlineError
+from humanline_data.errors import HumanlineError, os_errors
 from humanline_data.formats.sources import read_records
+from humanline_data.outputs import check_output
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -84,6 +85,7 @@ def plot_runs(run_dirs: list[Path], out: Path, metrics: list[str] | None = None,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    out = check_output(out, "file")
     if smooth_window < 1:
         raise HumanlineError(f"--smooth must be >= 1, got {smooth_window}")
     runs = [read_metrics(d) for d in run_dirs]
@@ -117,9 +119,9 @@ def plot_runs(run_dirs: list[Path], out: Path, metrics: list[str] | None = None,
     fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=legend_cols, frameon=False)
     legend_inches = 0.3 * math.ceil(len(handles) / legend_cols) + 0.1
     fig.tight_layout(rect=(0, 0, 1, 1 - legend_inches / fig.get_figheight()))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    with os_errors(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
 

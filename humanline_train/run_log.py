@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from humanline_data.errors import os_errors
 from humanline_train import checkpoint
 
 
@@ -57,8 +58,9 @@ class RunLog:
 
     def write(self, row: dict) -> None:
         if self.file:
-            self.file.write(json.dumps(row) + "\n")
-            self.file.flush()
+            with os_errors(self.file.name):
+                self.file.write(json.dumps(row) + "\n")
+                self.file.flush()
         loss = "n/a" if row["loss"] is None else f"{row['loss']:.4f}"
         self.progress.update(self.task, completed=row["step"], description=f"loss {loss}")
 

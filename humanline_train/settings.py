@@ -20,16 +20,18 @@ from typing import Any
 from humanline_data.backends import SamplingParams
 from humanline_data.errors import HumanlineError
 from humanline_data.models import EMBEDDED_MODEL
+from humanline_data.ranges import AT_LEAST_1, NEGATIVE, NON_NEGATIVE, POSITIVE, Range, check_fields, kind_of, value_problem
 from humanline_train import objectives
 
 PRECISIONS = ("auto", "fp32", "bf16-mixed", "bf16")
 LAYOUTS = ("padded", "packed")
 
 
-def opt(default: Any, help: str, **extra) -> Any:
-    """A dataclass field that is also a flag: ``help`` text, optional ``flag`` name, ``type``,
-    ``choices``; ``flag=False`` keeps it off the command line."""
-    return field(default=default, metadata={"help": help, **extra})
+def opt(default: Any, help: str, allowed: Range | None = None, **extra) -> Any:
+    """A dataclass field that is also a flag: ``help`` text, the values ``allowed``
+    (``humanline_data.ranges``), optional ``type``, ``choices``; ``flag=False`` keeps it off the
+    command line."""
+    return field(default=default, metadata={"help": help, **extra, **({"range": allowed} if allowed else {})})
 
 
 @dataclass
@@ -40,7 +42,7 @@ class ModelSettings:
     layout: str = opt("padded", "Micro-batch layout: padded rows (length-sorted groups on CPU), or packed = one "
                       "padding-free row, each prompt once, document-masked attention (flex attention on a GPU).",
                       choices=LAYOUTS)
-    lora_r: int = opt(0, "LoRA rank (0: full fine-tuning).")
+    lora_r: int = opt(0, "LoRA rank (0: full fine-tuning).", NON_NEGATIVE)
     gradient_checkpointing: bool = opt(False, "Recompute activations in backward (less memory).")
 
 
@@ -49,29 +51,29 @@ class DataSettings:
     shards: str | None = opt(None, "Shard version or dataset dir (its newest version, pinned): pairs, unpaired or groups.",
                              type=str)
     shards_manifest_sha256: str | None = opt(None, "", flag=False)  # pinned at the start of a run
-    batch_size: int = opt(8, "Examples per micro-batch per process.")
-    grad_accum: int = opt(1, "Micro-batches per optimizer step per process.")
-    max_length: int = opt(2048, "Longest prompt + completion in tokens.")
-    epochs: int = opt(1, "Passes over the shard (offline).")
+    batch_size: int = opt(8, "Examples per micro-batch per process.", AT_LEAST_1)
+    grad_accum: int = opt(1, "Micro-batches per optimizer step per process.", AT_LEAST_1)
+    max_length: int = opt(2048, "Longest prompt + completion in tokens.", Range(2))
+    epochs: int = opt(1, "Passes over the shard (offline).", AT_LEAST_1)
     drop_last: bool = opt(False, "Leave out each epoch's last, partial optimizer step (default: it trains).")
-    max_steps: int | None = opt(None, "Stop after this many optimizer steps.", type=int)
-    seed: int = opt(0, "Data order, sampling and initialisation seed.")
+    max_steps: int | None = opt(None, "Stop after this many optimizer steps.", AT_LEAST_1, type=int)
+    seed: int = opt(0, "Data order, sampling and initialisation seed.", NON_NEGATIVE)
 
 
 @dataclass
 class OptimizerSettings:
-    lr: float = opt(5e-6, "AdamW learning rate (betas 0.9/0.999, eps 1e-5, weight decay 0.01).")
-    max_grad_norm: float = opt(1.0, "Gradient clipping norm.")
-    warmup: float = opt(0.1, "< 1: fraction of the steps; >= 1: steps.")
+    lr: float = opt(5e-6, "AdamW learning rate (betas 0.9/0.999, eps 1e-5, weight decay 0.01).", POSITIVE)
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm.", POSITIVE)
+    warmup: float = opt(0.1, "< 1: fraction of the steps; >= 1: steps.", NON_NEGATIVE)
 
 
 @dataclass
 class HumanlineSettings:
     sync: bool = opt(True, "Never re-sync the reference (humanline clip only; paper Fig. 5 ablation).")
     clip: bool = opt(True, "No clipping of token log-ratios (humanline sync only; paper Fig. 5 ablation).")
-    sync_k: int = opt(1, "Humanline sync every K optimizer steps.")
-    log_eps_p: float = opt(-1.5, "Lower clip bound of a token log-ratio.")
-    log_eps_r: float = opt(1.5, "Upper clip bound of a token log-ratio.")
+    sync_k: int = opt(1, "Humanline sync every K optimizer steps.", AT_LEAST_1)
+    log_eps_p: float = opt(-1.5, "Lower clip bound of a token log-ratio.", NEGATIVE)
+    log_eps_r: float = opt(1.5, "Upper clip bound of a token log-ratio.", POSITIVE)
     reference: str = opt("lookahead", "lookahead: no second model (SPEC §5); copy: a synced second model.",
                          choices=("lookahead", "copy"))
 
@@ -82,7 +84,7 @@ class HumanlineSettings:
 
 @dataclass
 class OnlineSettings:
-    refresh_every: int | None = opt(None, "Online: new shard sampled from the policy every R steps.", type=int)
+    refresh_every: int | None = opt(None, "Online: new shard sampled from the policy every R steps.", AT_LEAST_1, type=int)
     prompts: str | None = opt(None, "Online: prompts dataset to sample from.", type=str)
     scorer: str | None = opt(None, "Online: scorer spec (math, rm:<model>, python:<module>:<function>).", type=str)
     pair_mode: str | None = opt(None, "Online: shard kind to build (default: the objective's).",
@@ -91,7 +93,7 @@ class OnlineSettings:
     refresh_engine: str = opt("live", "Online: live = one sampling engine for the whole run, the policy's weights pushed "
                               "into it at each refresh; reload = a fresh engine loaded from the checkpoint each round.",
                               choices=("live", "reload"))
-    refresh_prompts: int = opt(1024, "Online: prompts per round.")
+    refresh_prompts: int = opt(1024, "Online: prompts per round.", AT_LEAST_1)
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
 
@@ -102,8 +104,8 @@ SAMPLING_FLAGS = {"n": ("samples", "Online: completions per prompt."), "temperat
 
 @dataclass
 class RunSettings:
-    save_every: int = opt(0, "Checkpoint every N steps (0: at the end only).")
-    keep_last: int = opt(0, "Keep only the newest N checkpoints (0: keep all).")
+    save_every: int = opt(0, "Checkpoint every N steps (0: at the end only).", NON_NEGATIVE)
+    keep_last: int = opt(0, "Keep only the newest N checkpoints (0: keep all).", NON_NEGATIVE)
 
 
 SECTIONS = {"model": ModelSettings, "data": DataSettings, "optimizer": OptimizerSettings,
@@ -135,6 +137,14 @@ class TrainConfig:
     @property
     def objective_class(self):
         return objectives.get(self.loss)
+
+    def check(self) -> None:
+        """Refuse a value of the wrong kind or outside its declared range (``humanline_data.ranges``),
+        with one line naming its flag."""
+        for section in SECTIONS:
+            check_fields(getattr(self, section), flag=_option)
+        check_fields(self.online.sampling, flag=lambda attr: _option(SAMPLING_FLAGS.get(attr, (attr,))[0]))
+        check_fields(self.objective, flag=_option)
 
     def settings(self) -> dict:
         """What settings.json holds and a resume must match (everything but ``out``/``resume``)."""
@@ -172,22 +182,56 @@ class TrainConfig:
 
 def flatten(settings: dict) -> dict:
     """Flat flag-name -> value of a nested settings dict (settings.json / a --config file);
-    flat keys pass through."""
-    flat = {}
+    flat keys pass through. A setting given twice (flat and in its section) is refused."""
+    flat, where = {}, {}
+
+    def put(name: str, value: Any, path: str) -> None:
+        if name in flat:
+            raise HumanlineError(f"{name} is given twice ({where[name]} and {path}); keep one")
+        flat[name], where[name] = value, path
+
     for key, value in settings.items():
         if (key in SECTIONS or key == "objective") and isinstance(value, dict):  # "model" is also a flat name
             for name, inner in value.items():
-                if key == "online" and name == "sampling":
-                    flat.update({SAMPLING_FLAGS[k][0]: v for k, v in inner.items() if k in SAMPLING_FLAGS})
+                if key == "online" and name == "sampling" and isinstance(inner, dict):
+                    for attr, v in inner.items():
+                        if attr in SAMPLING_FLAGS:
+                            put(SAMPLING_FLAGS[attr][0], v, f"{key}.sampling.{attr}")
                 else:
-                    flat[name] = inner
+                    put(name, inner, f"{key}.{name}")
         else:
-            flat[key] = value
+            put(key, value, key)
     return flat
 
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+def _option(name: str) -> str:
+    return f"--{_flag(name)}"
+
+
+def convert(name: str, value: Any) -> Any:
+    """``value`` of setting ``name`` as its flag would read it (a YAML 1.1 ``1e-3`` is text there),
+    checked for kind; raises one line naming the setting. Unknown names pass unchanged."""
+    import click
+
+    f = _LEAVES[name][2] if name in _LEAVES else _ALL_OBJECTIVE_SETTINGS.get(name, (None, None))[1]
+    if f is None or value is None:
+        return value
+    kind = kind_of(f)
+    if isinstance(value, str) and kind in (int, float, bool):
+        try:
+            value = {int: click.INT, float: click.FLOAT, bool: click.BOOL}[kind].convert(value, None, None)
+        except click.BadParameter:
+            pass  # value_problem names what was expected
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    problem = value_problem(value, f)
+    if problem:
+        raise HumanlineError(f"{name} {problem}, got {value!r}")
+    return value
 
 
 def _leaf_fields() -> dict[str, tuple[str, str, dataclasses.Field]]:
@@ -247,4 +291,7 @@ def load_config_file(path: Path) -> dict:
         raise HumanlineError(f"--config {path}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise HumanlineError(f"--config {path}: expected a mapping of settings")
-    return flatten(data)
+    try:
+        return {name: convert(name, value) for name, value in flatten(data).items()}
+    except HumanlineError as err:
+        raise HumanlineError(f"--config {path}: {err}") from None

@@ -30,6 +30,7 @@ from accelerate.utils import DistributedType
 from humanline_data.backends import load_tokenizer
 from humanline_data.errors import HumanlineError
 from humanline_data.models import resolve_model
+from humanline_data.outputs import check_output
 from humanline_train import checkpoint
 from humanline_train.batches import ShardLoader, Step, StepStream, open_shards
 from humanline_train.logprobs import LogprobModel
@@ -91,69 +92,70 @@ def train(config: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
     policy, optimizer = accel.prepare(policy, optimizer)
     whole_run = lambda: StepStream(loader.reopened(), step).drain(step, total - step)  # noqa: E731
     reference = make_reference(config, policy, accel, model_path, whole_run, resumed=resume_from is not None)
-    if resume_from:
-        checkpoint.restore(resume_from, state, reference_state, optimizer, scheduler, reference, accel, run_dir)
-    elif accel.is_main_process:
-        checkpoint.start_run_dir(run_dir, config.settings())
+    # from here on the run directory is this run's (main process): created, or cleaned and its metrics cut back
+    with checkpoint.held_run_dir(run_dir, None if config.resume else config.settings(), step, accel.is_main_process):
+        if resume_from:
+            checkpoint.restore(resume_from, state, reference_state, optimizer, scheduler, reference, accel)
 
-    def save() -> None:
-        state = checkpoint.trainer_state(config, step, optimizer, scheduler, data, policy)
-        checkpoint.save_run(run_dir, step, policy, tokenizer, state, reference, accel)
-        if accel.is_main_process:
-            checkpoint.prune(run_dir, config.run.keep_last, protect={data["segment_start"], step})
+        def save() -> None:
+            state = checkpoint.trainer_state(config, step, optimizer, scheduler, data, policy)
+            checkpoint.save_run(run_dir, step, policy, tokenizer, state, reference, accel)
+            if accel.is_main_process:
+                checkpoint.prune(run_dir, config.run.keep_last, protect={data["segment_start"], step})
 
-    def sync(first: int, times: dict[str, float]) -> None:
-        """The reference becomes the current weights for the steps of ``first``'s window."""
-        started = time.perf_counter()
-        reference.sync(policy, stream.numbered(first, schedule.window(first)))
-        times["sync"] += time.perf_counter() - started
+        def sync(first: int, times: dict[str, float]) -> None:
+            """The reference becomes the current weights for the steps of ``first``'s window."""
+            started = time.perf_counter()
+            reference.sync(policy, stream.numbered(first, schedule.window(first)))
+            times["sync"] += time.perf_counter() - started
 
-    with RunLog(run_dir, accel, total, step) as log:
-        try:
-            while step < total:
-                if schedule.refresh_due(step):
-                    live = config.online.refresh_engine == "live"  # the weights to push (every process gathers)
-                    if (not live or config.online.refresh_async) and not checkpoint.has_checkpoint(run_dir, step):
-                        save()  # the round's sampler loads it (reload), or a resumed async run re-samples from it
-                    weights = checkpoint.policy_weights(policy, accel) if live else None
-                    saved = checkpoint.has_checkpoint(run_dir, step)
-                    data = rounds.next_segment(data, step, checkpoint.checkpoint_dir(run_dir, step) if saved else model_path,
-                                               total, weights)
-                    del weights  # a LoRA run's merged copy
-                    stream = StepStream(make_loader(config, data["shard"], tokenizer, accel))
-                    schedule.segment_start = step
-                times = dict.fromkeys(("forward", "backward", "reference", "sync"), 0.0)
-                started = time.perf_counter()
-                if schedule.at_segment_start(step):
-                    sync(step, times)
-                batches = stream.next()
-                if batches is None:
-                    break  # the data ran out before the planned number of steps
-                refs = [reference.logps(step, i, b) for i, b in enumerate(batches.batches)]
-                times["reference"] = time.perf_counter() - started - times["sync"]
-                sync_due = schedule.sync_after(step)
-                if sync_due and schedule.update_in_backward:  # the engine updates inside backward: sync now (same theta_t)
-                    sync(step + 1, times)
-                loss, metrics, tokens = run_step(objective, policy, batches, refs, accel, config, times, step, hooks)
-                grad_norm = accel.clip_grad_norm_(policy.parameters(), config.optimizer.max_grad_norm)  # DeepSpeed: None
-                if sync_due and not schedule.update_in_backward:
-                    sync(step + 1, times)  # SPEC §1: after backward and clipping, BEFORE the update
-                if "before_step" in hooks:
-                    hooks["before_step"](step, policy)
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                log.write(step_row(step, loss, metrics, grad_norm, lr, tokens, times, time.perf_counter() - started,
-                                   stream.loader.truncation, data["round"]))
-                if step == total or (config.run.save_every and step % config.run.save_every == 0):
+        with RunLog(run_dir, accel, total, step) as log:
+            try:
+                while step < total:
+                    if schedule.refresh_due(step):
+                        live = config.online.refresh_engine == "live"  # the weights to push (every process gathers)
+                        if (not live or config.online.refresh_async) and not checkpoint.has_checkpoint(run_dir, step):
+                            save()  # the round's sampler loads it (reload), or a resumed async run re-samples from it
+                        weights = checkpoint.policy_weights(policy, accel) if live else None
+                        saved = checkpoint.has_checkpoint(run_dir, step)
+                        data = rounds.next_segment(data, step, checkpoint.checkpoint_dir(run_dir, step) if saved else model_path,
+                                                   total, weights)
+                        del weights  # a LoRA run's merged copy
+                        stream = StepStream(make_loader(config, data["shard"], tokenizer, accel))
+                        schedule.segment_start = step
+                    times = dict.fromkeys(("forward", "backward", "reference", "sync"), 0.0)
+                    started = time.perf_counter()
+                    if schedule.at_segment_start(step):
+                        sync(step, times)
+                    batches = stream.next()
+                    if batches is None:
+                        break  # the data ran out before the planned number of steps
+                    refs = [reference.logps(step, i, b) for i, b in enumerate(batches.batches)]
+                    times["reference"] = time.perf_counter() - started - times["sync"]
+                    sync_due = schedule.sync_after(step)
+                    if sync_due and schedule.update_in_backward:  # the engine updates inside backward: sync now (same theta_t)
+                        sync(step + 1, times)
+                    loss, metrics, tokens = run_step(objective, policy, batches, refs, accel, config, times, step, hooks)
+                    grad_norm = accel.clip_grad_norm_(policy.parameters(), config.optimizer.max_grad_norm)  # DeepSpeed: None
+                    checkpoint.check_finite_step(run_dir, step + 1, loss, grad_norm)
+                    if sync_due and not schedule.update_in_backward:
+                        sync(step + 1, times)  # SPEC §1: after backward and clipping, BEFORE the update
+                    if "before_step" in hooks:
+                        hooks["before_step"](step, policy)
+                    lr = scheduler.get_last_lr()[0]
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    log.write(step_row(step, loss, metrics, grad_norm, lr, tokens, times, time.perf_counter() - started,
+                                       stream.loader.truncation, data["round"]))
+                    if step == total or (config.run.save_every and step % config.run.save_every == 0):
+                        save()
+                if not checkpoint.has_checkpoint(run_dir, step):
                     save()
-            if not checkpoint.has_checkpoint(run_dir, step):
-                save()
-        finally:
-            rounds.close()
-    log.report_truncation(stream.loader.truncation, config.data.max_length)
+            finally:
+                rounds.close()
+        log.report_truncation(stream.loader.truncation, config.data.max_length)
     return run_dir
 
 
@@ -264,6 +266,8 @@ def check_pinned_shards(config: TrainConfig):
 def check_config(config: TrainConfig):
     """Refuse bad settings with one line; resolve precision; pin (or, resuming, re-check) the
     shard version and return it opened (None for an online run without shards)."""
+    config.check()
+    check_output(config.out, "run")
     online, data, hl = config.online, config.data, config.humanline
     if online.refresh_every:
         missing = [f for f, v in (("--prompts", online.prompts), ("--scorer", online.scorer), ("--max-steps", data.max_steps)) if not v]
@@ -274,11 +278,6 @@ def check_config(config: TrainConfig):
     if not config.objective_class.needs_reference and (hl.sync or hl.clip):
         raise HumanlineError(f"--loss {config.loss} is reference-free: humanline sync and clip do not apply "
                              "(pass --no-humanline)")
-    if hl.clip and not hl.log_eps_p < 0 < hl.log_eps_r:
-        raise HumanlineError(f"clip range needs --log-eps-p < 0 < --log-eps-r, got {hl.log_eps_p}, {hl.log_eps_r}")
-    for section, name in (("humanline", "sync_k"), ("data", "batch_size"), ("data", "grad_accum"), ("data", "max_length")):
-        if getattr(getattr(config, section), name) < 1:
-            raise HumanlineError(f"--{name.replace('_', '-')} must be at least 1")
     config.model.precision = resolve_precision(config.model.precision)
     return check_pinned_shards(config) if config.resume else pin_shards(config)
 

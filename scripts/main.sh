@@ -3,6 +3,7 @@
 #   generate the task -> import -> sample once with the initial model -> score (math verifier)
 #   -> GRPO groups -> inspect -> eval before -> humanline GRPO on that stale shard -> eval after.
 # Everything lands under $RUN (default runs/main). Sizes can be shrunk with the env vars below.
+# CONTROL=1 also trains the same stale groups without humanline (plain GRPO) and evaluates it.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 RUN="${RUN:-runs/main}"
@@ -37,28 +38,39 @@ step "inspect"
 humanline-data inspect "$SCORED" | tee "$RUN/inspect_scored.txt" >&2
 humanline-data inspect "$GROUPED" | tee "$RUN/inspect_groups.txt" >&2
 
-evaluate() {  # greedy pass@1 of model $1 on the held-out problems into $RUN/eval_$2.json
+evaluate() {  # greedy pass@1 of model $1 on the held-out problems into $RUN/eval_$2.json (outputs kept in eval_$2/)
   humanline-train eval --model "$1" --prompts "$TEST_P" --scorer math --max-new-tokens "$MAXTOK" \
-    --out "$RUN/eval_$2.json" >&2
+    --work "$RUN/eval_$2" --out "$RUN/eval_$2.json" >&2
+}
+train() {  # GRPO on the stale groups into $RUN/$1 with the extra flags $2...; prints the final checkpoint
+  local out="$RUN/$1"; shift
+  humanline-train train --shards "$GROUPED" --loss grpo --model "$MODEL" --out "$out" --lora-r 16 --lr "${LR:-2e-4}" \
+    --epochs "$EPOCHS" --batch-size "${BATCH:-8}" --max-length 96 --seed "${SEED:-0}" "$@" >&2
+  ls -d "$out"/checkpoints/step-* | sort -V | tail -n 1
 }
 step "held-out pass@1 before training"
 evaluate "$MODEL" before
 
 step "train humanline GRPO, LoRA r16 ($EPOCHS epoch(s), sync every step, clip [-1.5, 1.5])"
-TRAIN=$(humanline-train train --shards "$GROUPED" --loss grpo --model "$MODEL" --out "$RUN/train" --sync-k 1 \
-  --lora-r 16 --lr "${LR:-2e-4}" --epochs "$EPOCHS" --batch-size "${BATCH:-8}" --max-length 96 --seed "${SEED:-0}" | last)
-FINAL=$(ls -d "$TRAIN"/checkpoints/step-* | sort -V | tail -n 1)
+FINAL=$(train train --sync-k 1)
 
 step "held-out pass@1 after training"
 evaluate "$FINAL" after
-humanline-train plot "$TRAIN" --out "$RUN/train_curves.png" >&2
+humanline-train plot "$RUN/train" --out "$RUN/train_curves.png" >&2
+if [ "${CONTROL:-0}" = "1" ]; then
+  step "control: the same stale groups and seed, plain GRPO (no sync, no clip)"
+  evaluate "$(train control --no-humanline)" control
+fi
 python - "$RUN" <<'PY'
-import json, math, sys
+import json, math, os, sys
 run = sys.argv[1]
-b, a = (json.load(open(f"{run}/eval_{w}.json")) for w in ("before", "after"))
-gain, se = a["value"] - b["value"], math.hypot(b["se"], a["se"])
-print(f"held-out pass@1 on {b['count']} problems: before {b['value']:.3f} ± {b['se']:.3f}, "
-      f"after {a['value']:.3f} ± {a['se']:.3f}, gain {gain:+.3f} ± {se:.3f} "
-      f"({'>' if gain > 2 * se else 'not >'} 2 SE)")
+b = json.load(open(f"{run}/eval_before.json"))
+for label, name in (("after", "after"), ("control (no humanline)", "control")):
+    if os.path.exists(f"{run}/eval_{name}.json"):
+        a = json.load(open(f"{run}/eval_{name}.json"))
+        gain, se = a["value"] - b["value"], math.hypot(b["se"], a["se"])
+        print(f"held-out pass@1 on {b['count']} problems: before {b['value']:.3f} ± {b['se']:.3f}, "
+              f"{label} {a['value']:.3f} ± {a['se']:.3f}, gain {gain:+.3f} ± {se:.3f} "
+              f"({'>' if gain > 2 * se else 'not >'} 2 SE)")
 PY
 echo "$RUN"

@@ -19,11 +19,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from humanline_data.errors import HumanlineError
+from humanline_data.ranges import AT_LEAST_1, NON_NEGATIVE, PROBABILITY, bounded
 
 BACKENDS = ("auto", "vllm", "transformers")
 
@@ -33,11 +34,11 @@ class SamplingParams:
     """How to sample: ``n`` samples per prompt, ``temperature`` (0 = greedy), nucleus ``top_p``,
     at most ``max_new_tokens`` generated tokens (the eos token counts), run ``seed``."""
 
-    n: int = 8
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_new_tokens: int = 512
-    seed: int = 0
+    n: int = field(default=8, metadata=bounded(AT_LEAST_1))
+    temperature: float = field(default=0.7, metadata=bounded(NON_NEGATIVE))
+    top_p: float = field(default=0.95, metadata=bounded(PROBABILITY))
+    max_new_tokens: int = field(default=512, metadata=bounded(AT_LEAST_1))
+    seed: int = field(default=0, metadata=bounded(NON_NEGATIVE))
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from humanline_data.ranges import POSITIVE, bounded
 from humanline_train import losses
 from humanline_train.objectives.base import Objective
 
@@ -15,7 +16,7 @@ class DPO(Objective):
 
     @dataclass
     class Settings:
-        beta: float = 0.1
+        beta: float = field(default=0.1, metadata=bounded(POSITIVE))
 
     def loss(self, policy, reference, batch, step):
         (chosen, rejected), (ref_chosen, ref_rejected) = batch.halves(policy[0]), batch.halves(reference[0])

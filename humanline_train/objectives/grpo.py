@@ -3,8 +3,9 @@ whole optimizer step (the trainer weights each micro-batch by its share of the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from humanline_data.ranges import NON_NEGATIVE, Range, bounded
 from humanline_train import losses
 from humanline_train.objectives.base import Objective
 
@@ -17,9 +18,9 @@ class GRPO(Objective):
 
     @dataclass
     class Settings:
-        eps_low: float = 0.2
-        eps_high: float = 0.2
-        beta_kl: float = 0.01
+        eps_low: float = field(default=0.2, metadata=bounded(Range(0, 1, below=True)))
+        eps_high: float = field(default=0.2, metadata=bounded(NON_NEGATIVE))
+        beta_kl: float = field(default=0.01, metadata=bounded(NON_NEGATIVE))
 
     def loss(self, policy, reference, batch, step):
         s = self.settings

@@ -4,8 +4,9 @@ At step 0 (reference = policy) the loss is exactly (1/(2 tau))^2."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from humanline_data.ranges import POSITIVE, bounded
 from humanline_train import losses
 from humanline_train.objectives.base import Objective
 
@@ -35,7 +36,7 @@ class IPO(Objective):
 
     @dataclass
     class Settings:
-        beta: float = 0.1  # tau
+        beta: float = field(default=0.1, metadata=bounded(POSITIVE))  # tau
 
     def loss(self, policy, reference, batch, step):
         (chosen, rejected), (ref_chosen, ref_rejected) = batch.halves(policy[0]), batch.halves(reference[0])

@@ -7,10 +7,11 @@ example of the step whose prompt differs (``batches``), and run without gradient
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from humanline_data.ranges import NON_NEGATIVE, POSITIVE, bounded
 from humanline_train import losses
 from humanline_train.objectives.base import Objective
 
@@ -22,9 +23,9 @@ class KTO(Objective):
 
     @dataclass
     class Settings:
-        beta: float = 0.1
-        desirable_weight: float = 1.1
-        undesirable_weight: float = 1.0
+        beta: float = field(default=0.1, metadata=bounded(POSITIVE))
+        desirable_weight: float = field(default=1.1, metadata=bounded(NON_NEGATIVE))
+        undesirable_weight: float = field(default=1.0, metadata=bounded(NON_NEGATIVE))
 
     def grad_parts(self):
         return (True, False)  # examples with gradient, KL rows without

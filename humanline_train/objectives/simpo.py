@@ -5,10 +5,11 @@ them is an error)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.nn.functional as F
 
+from humanline_data.ranges import POSITIVE, bounded
 from humanline_train.objectives.base import Objective
 
 
@@ -36,7 +37,7 @@ class SimPO(Objective):
 
     @dataclass
     class Settings:
-        beta: float = 2.0
+        beta: float = field(default=2.0, metadata=bounded(POSITIVE))
         gamma: float = 1.0
 
     def loss(self, policy, reference, batch, step):

@@ -11,8 +11,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,9 +23,9 @@ from humanline_data.errors import CorruptVersionError, HumanlineError, ModelNotF
 from humanline_data.generate import generate
 from humanline_data.models import resolve_model
 from humanline_data.schema import prompt_id
+from small_disk import fill_to, on_small_fs
 from test_hostile import cli, imported, jsonl, killed_writer, one_error, temporaries
 
-HERE = Path(__file__).resolve().parent
 SCORED = [{"prompt": p, "completion": f"{p} answer {s}", "reward": float(s), "sample_idx": s}
           for p in ("Q1", "Q2") for s in range(2)]
 
@@ -219,46 +217,6 @@ def test_every_stage_refuses_outputs_that_are_no_dataset_folder(data, tmp_path, 
 # ------------------------------------------------------------------ 3. a full disk
 
 
-CHILD = """
-import json, subprocess, sys
-from pathlib import Path
-mount, size, function, *args = sys.argv[1:]
-subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", mount], check=True)
-sys.path.insert(0, {here!r})
-import test_damage
-print(json.dumps(getattr(test_damage, function)(Path(mount), *args)))
-"""
-
-
-def on_small_fs(tmp_path: Path, size: str, function: str, *args: str):
-    """``function(mount, *args)`` of this module, run in a child process in its own mount
-    namespace with a tmpfs of ``size`` mounted at ``mount``; its JSON result. Skips where no
-    private tmpfs can be mounted."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    unshare = [shutil.which("unshare") or "unshare", "-m" if os.geteuid() == 0 else "-rm"]
-    probe = subprocess.run([*unshare, "mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(mount)],
-                           capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot mount a private tmpfs to fill (unshare/mount: {probe.stderr.strip()[:200]})")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    child = subprocess.run([*unshare, sys.executable, "-c", CHILD.format(here=str(HERE)), str(mount), size, function, *args],
-                           capture_output=True, text=True, env=env)
-    assert child.returncode == 0, child.stderr
-    return json.loads(child.stdout.strip().splitlines()[-1])
-
-
-def fill_to(mount: Path, free_pages: int) -> None:
-    """Leave ``free_pages`` pages (4 KiB) free on the file system at ``mount``."""
-    (mount / "filler").unlink(missing_ok=True)
-    stat = os.statvfs(mount)
-    free = stat.f_bavail * stat.f_frsize - free_pages * 4096
-    if free > 0:
-        fd = os.open(mount / "filler", os.O_CREAT | os.O_WRONLY)
-        os.posix_fallocate(fd, 0, free)
-        os.close(fd)
-
-
 def run_at_each_fill(mount: Path, dataset: Path, args: list, pages) -> list[dict]:
     """Run the CLI ``args`` with each number of ``pages`` left free, one after the other; each
     run's exit code, stderr, the dataset's entries, whether v1 stayed byte-identical and the
@@ -307,7 +265,7 @@ def assert_clean_failures(results: list[dict], visible: list[str]) -> list[str]:
         if r["exit"] == 2:  # generate's progress bar may come before the one error line
             *progress, line = r["stderr"].strip().splitlines()
             assert not [p for p in progress if p.startswith(("error", "Traceback"))], r["stderr"]
-            assert line.startswith("error: ") and line.endswith("cannot write (No space left on device)"), line
+            assert line.startswith("error: ") and line.endswith("cannot write (No space left on device, ENOSPC)"), line
             lines.append(line)
     assert results[-1]["exit"] == 0  # enough room in the end
     return lines
@@ -317,13 +275,13 @@ def test_import_on_a_full_disk_is_one_line_at_every_write(tmp_path):
     small = jsonl(tmp_path / "small_train.jsonl", SCORED[:1])
     big = jsonl(tmp_path / "big_train.jsonl", [{"prompt": f"Q{i} {os.urandom(16).hex()}", "completion": os.urandom(40).hex(),
                                                 "reward": 1.0} for i in range(300)])
-    lines = assert_clean_failures(on_small_fs(tmp_path, "256k", "import_on_a_full_disk", str(small), str(big)), ["v1"])
+    lines = assert_clean_failures(on_small_fs(tmp_path, "256k", __file__, "import_on_a_full_disk", str(small), str(big)), ["v1"])
     failed_at = {line.split(": cannot write")[0].rsplit("/", 1)[1] for line in lines}
     assert failed_at == {workdirs.MARKER, "part-00000.parquet", store.MANIFEST}
 
 
 def test_generate_on_a_full_disk_is_one_line_and_resumes(tiny_model, tmp_path):
-    results = on_small_fs(tmp_path, "128k", "generate_on_a_full_disk", str(tiny_model))
+    results = on_small_fs(tmp_path, "128k", __file__, "generate_on_a_full_disk", str(tiny_model))
     lines = assert_clean_failures(results, ["v1"])
     partial = [line.split("/.partial-")[1].split(":")[0].split("/")[1] for line in lines if "/.partial-" in line]
     assert partial == [workdirs.MARKER, "chunk-000000.parquet"]  # then the version's own writes fail
