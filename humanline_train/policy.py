@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from humanline_train import tracking
 from humanline_train.settings import TrainConfig
 
 
@@ -27,7 +28,9 @@ def resolve_precision(precision: str) -> str:
 def make_accelerator(config: TrainConfig):
     """The run's Accelerator. Its state is a per-process singleton fixed at first use; it is
     re-made per run so that runs of other precisions can follow each other in one process
-    (``train()`` called from Python), the process group staying as it is."""
+    (``train()`` called from Python), the process group staying as it is. Its trackers are the
+    run's ``--report-to`` (``tracking``; a tracker that is not installed is an error here, before
+    anything is written)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
@@ -38,7 +41,7 @@ def make_accelerator(config: TrainConfig):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=config.data.grad_accum,
-                       mixed_precision="bf16" if precision == "bf16-mixed" else "no")
+                       mixed_precision="bf16" if precision == "bf16-mixed" else "no", **tracking.accelerator_args(config))
 
 
 def load_policy(weights: Path, config: TrainConfig, lora_state: dict | None) -> torch.nn.Module:

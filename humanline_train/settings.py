@@ -103,6 +103,8 @@ SAMPLING_FLAGS = {"n": ("samples", "Online: completions per prompt."), "temperat
 class RunSettings:
     save_every: int = opt(0, "Checkpoint every N steps (0: at the end only).")
     keep_last: int = opt(0, "Keep only the newest N checkpoints (0: keep all).")
+    report_to: str = opt("none", "Experiment trackers, a comma list of tensorboard, wandb, mlflow (none: metrics.jsonl "
+                         "only); TensorBoard logs to RUN_DIR/tracking.")
 
 
 SECTIONS = {"model": ModelSettings, "data": DataSettings, "optimizer": OptimizerSettings,

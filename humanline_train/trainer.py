@@ -108,7 +108,7 @@ def train(config: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
         reference.sync(policy, stream.numbered(first, schedule.window(first)))
         times["sync"] += time.perf_counter() - started
 
-    with RunLog(run_dir, accel, total, step) as log:
+    with RunLog(config, accel, total, step) as log:
         try:
             while step < total:
                 if schedule.refresh_due(step):

@@ -71,7 +71,8 @@ UF_HUB = "princeton-nlp/llama3-ultrafeedback-armorm"
 LOSSES = ("dpo", "kto", "grpo")
 VARIANTS = ("offline", "online", "offline+humanline", "online+humanline")
 SHARD_FOR_LOSS = {"dpo": "pairs", "kto": "unpaired", "grpo": "pairs"}  # GRPO: a pair is a group of two
-CURVES = ["loss", "margin", "accuracy", "kl", "unclamped_frac", "clip_frac", "reference_point", "grad_norm"]
+CURVES = ["train/loss", "train/rewards/margins", "train/rewards/accuracies", "train/kl", "train/humanline/unclamped_frac",
+          "train/clip_ratio/region_mean", "train/kto/reference_point", "train/grad_norm"]
 
 # --dry-run: sizes only (a tiny random policy and reward model, a dozen prompts, two steps).
 DRY_SIZES = dict(prompts=12, n=2, max_new_tokens=16, steps=2, batch={"dpo": 2, "kto": 4, "grpo": 4},

@@ -55,7 +55,8 @@ GRPO_EPS = 0.2
 GRPO_BETA_KL = 1e-4
 MAX_GRAD_NORM = 1.0
 MAX_PROMPT_TOKENS = 1024  # not in SPEC: room for the prompt in --max-length
-CURVES = ["loss", "kl", "unclamped_frac", "clip_frac", "grad_norm", "advantage"]
+CURVES = ["train/loss", "train/kl", "train/humanline/unclamped_frac", "train/clip_ratio/region_mean", "train/grad_norm",
+          "train/grpo/advantage"]
 
 # --dry-run: sizes only; sampling every 1 vs 4 steps stands for 1 vs 64.
 DRY_SIZES = dict(train_size=16, n=2, max_new_tokens=16, steps=4, prompts_per_step=2, stale_every=4, sync_k=2,
