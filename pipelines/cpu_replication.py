@@ -66,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines import arithmetic  # noqa: E402
 from pipelines.common import (  # noqa: E402
-    Steps, add_common_flags, cli, final_checkpoint, fmt, mean_se, prune_checkpoints, read_metrics, round_rewards,
+    Steps, add_common_flags, cli, fmt, mean_se, prune_checkpoints, read_metrics, round_rewards,
     start, write_results,
 )
 from pipelines.math_reasoning import REWARDS, add_grpo_flags, grpo_settings  # noqa: E402
@@ -170,7 +170,7 @@ def run_variant(steps: Steps, args, data: dict, name: str, variant: dict, seed: 
         return json.loads(saved.read_text())
     run_dir = Path(steps.train(f"train-{tag}", train_settings(args, data["train"], variant, seed),
                                args.out / "runs" / tag, keep_checkpoints=args.keep_checkpoints))
-    result = steps.evaluate(tag, final_checkpoint(run_dir), data["test"], "math", *eval_flags)
+    result = steps.evaluate(tag, steps.final_model(tag, run_dir), data["test"], "math", *eval_flags)
     if not args.keep_checkpoints:
         prune_checkpoints(run_dir)
     rounds = round_rewards(run_dir, CORRECT_WEIGHT / 2)

@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.common import (  # noqa: E402
-    SHARED_DATA, Steps, add_common_flags, cli, start, final_checkpoint, fmt, plot_round_rewards, prune_checkpoints,
+    SHARED_DATA, Steps, add_common_flags, cli, start, fmt, plot_round_rewards, prune_checkpoints,
     round_rewards, write_results,
 )
 
@@ -167,7 +167,7 @@ def main(argv=None) -> Path:
         run_dir = Path(steps.train(f"train-{name}", grpo_settings(args, data["train"], args.scorer, refresh_every,
                                                                   humanline, args.seed), run / "runs" / name,
                                    keep_checkpoints=args.keep_checkpoints))
-        result = steps.evaluate(name, final_checkpoint(run_dir), data["test"], "math", *eval_flags)
+        result = steps.evaluate(name, steps.final_model(name, run_dir), data["test"], "math", *eval_flags)
         if not args.keep_checkpoints:
             prune_checkpoints(run_dir)
         rounds = round_rewards(run_dir)

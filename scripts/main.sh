@@ -47,7 +47,7 @@ evaluate "$MODEL" before
 step "train humanline GRPO, LoRA r16 ($EPOCHS epoch(s), sync every step, clip [-1.5, 1.5])"
 TRAIN=$(humanline-train train --shards "$GROUPED" --loss grpo --model "$MODEL" --out "$RUN/train" --sync-k 1 \
   --lora-r 16 --lr "${LR:-2e-4}" --epochs "$EPOCHS" --batch-size "${BATCH:-8}" --max-length 96 --seed "${SEED:-0}" | last)
-FINAL=$(ls -d "$TRAIN"/checkpoints/step-* | sort -V | tail -n 1)
+FINAL=$(humanline-train export "$TRAIN" --merge --out "$RUN/final" | last)  # the newest checkpoint, LoRA merged
 
 step "held-out pass@1 after training"
 evaluate "$FINAL" after
