@@ -329,7 +329,8 @@ def measure(args) -> None:
         try:
             if runner == "ours":
                 steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-                seconds, tokens, losses = ([s[k] for s in steps] for k in ("seconds_step", "tokens", "loss"))
+                seconds, tokens, losses = ([s[k] for s in steps]
+                                           for k in ("train/perf/seconds_step", "train/perf/tokens", "train/loss"))
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the end-of-run checkpoint: disk
                 row.update(json.loads(result_file.read_text()))  # peak memory
             else:

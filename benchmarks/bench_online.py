@@ -86,7 +86,7 @@ def online_run(engine: str, refresh_async: bool) -> dict:
         completions = open_version(run / "shards" / "completions")
         producer = completions.manifest["producer"]
     return {"engine": engine, "async": refresh_async, "backend": producer["backend"], "wall_s": round(wall, 1),
-            "train_steps_s": round(sum(s["seconds_step"] for s in steps), 1), "steps": len(steps),
+            "train_steps_s": round(sum(s["train/perf/seconds_step"] for s in steps), 1), "steps": len(steps),
             "last_round_producer": {k: producer[k] for k in ("engine", "step", "model")}}
 
 

@@ -6,9 +6,10 @@ Layout of ``RUN_DIR``::
     metrics.jsonl            one JSON object per optimizer step
     refreshes.json           online runs: the shard version each refresh round trained on
     checkpoints/step-N/      after N optimizer steps: an HF model folder (config, safetensors,
-                             tokenizer; LoRA runs save the merged weights) plus
+                             tokenizer; a LoRA run's holds the PEFT adapter instead of the model:
+                             adapter_config.json, adapter_model.safetensors) plus
       trainer_state.pt       optimizer, scheduler, RNG states (python, numpy, torch), data
-                             position, step, LoRA adapter weights, number of processes
+                             position, step, number of processes
       optimizer-rank-R.pt    FSDP / DeepSpeed: process R's shard of the optimizer state
       reference.pt           reference state: synced weights (copy) or cached look-ahead
                              log-probs (lookahead) or the disk cache's path (cached)
@@ -250,12 +251,26 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def save_policy(policy: torch.nn.Module, tokenizer, target: Path, weights: dict | None = None) -> None:
-    """Save ``policy`` as an HF folder (LoRA adapters merged: :func:`merged_weights`) with its tokenizer;
+    """Save ``policy`` with its tokenizer into ``target``, files readable as any other file
+    written here (:func:`make_readable`): an HF model folder, or for a peft LoRA model its adapter
+    folder (``PeftModel.save_pretrained``: what ``PeftModel.from_pretrained(base, target)`` loads).
     ``weights``: a state dict to write instead of the module's own (gathered from FSDP shards)."""
-    if is_lora(policy):
-        policy, weights = policy.get_base_model(), merged_weights(policy)
-    policy.save_pretrained(target, state_dict=weights)
+    policy.save_pretrained(target, **({} if is_lora(policy) else {"state_dict": weights}))
     tokenizer.save_pretrained(target)
+    make_readable(target)
+
+
+def make_readable(folder: Path) -> None:
+    """Give every file under ``folder`` the mode a new file gets here (0666 less the umask: 0644
+    under the usual 022). safetensors (0.8) writes a weight file through a temporary file, created
+    0600 whatever the umask, that it renames into place."""
+    probe = folder / f".mode-{uuid.uuid4().hex}"
+    probe.touch()
+    mode = probe.stat().st_mode & 0o777
+    probe.unlink()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
 
 
 def is_lora(model: torch.nn.Module) -> bool:
@@ -439,30 +454,24 @@ def sharded(accel) -> bool:
     return accel.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
-def trainer_state(config, step: int, optimizer, scheduler, data: dict, policy) -> dict:
-    """What a checkpoint holds besides the weights and the reference."""
-    lora = None
-    if config.model.lora_r:
-        from accelerate.utils import extract_model_from_parallel
-        from peft import get_peft_model_state_dict
-
-        lora = get_peft_model_state_dict(extract_model_from_parallel(policy).model)
+def trainer_state(config, step: int, optimizer, scheduler, data: dict) -> dict:
+    """What a checkpoint holds besides the weights (or LoRA adapter) and the reference."""
     return {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "data": dict(data),
-            "lora": lora, "settings": config.settings()}
+            "settings": config.settings()}
 
 
 def save_run(run_dir: Path, step: int, policy, tokenizer, state: dict, reference, accel) -> None:
     """Checkpoint after ``step`` steps; every process takes part (FSDP gathers the weights to the
-    main process, and sharded optimizer states are written one file per process)."""
-    lora = accel.unwrap_model(policy).model if state["lora"] is not None else None
-    weights = None if lora is not None else gathered_weights(policy, accel)
+    main process, and sharded optimizer states are written one file per process). A LoRA run
+    saves its adapter (LoRA runs are never sharded: ``trainer.check_distributed``)."""
+    model = accel.unwrap_model(policy).model
+    weights = None if is_lora(model) else gathered_weights(policy, accel)
     staged = None
     if sharded(accel):
         staged = stage_optimizer(run_dir, step, state.pop("optimizer"), accel.process_index)
         state["optimizer"] = None
     accel.wait_for_everyone()
     if accel.is_main_process:
-        model = lora or accel.unwrap_model(policy).model
         state["world_size"] = accel.num_processes
         save(run_dir, step, model, tokenizer, state, reference.state_dict(), weights=weights, staged=staged)
     accel.wait_for_everyone()

@@ -1,4 +1,4 @@
-"""``humanline-train``: train (the default command), plus ``plot`` and ``eval``.
+"""``humanline-train``: train (the default command), plus ``plot``, ``eval`` and ``export``.
 
 ``humanline-train --shards S --loss dpo --model M --out RUN_DIR`` trains (same as
 ``humanline-train train ...``) and prints RUN_DIR as the last line of stdout. Subcommands of
@@ -27,7 +27,7 @@ class _DefaultTrainGroup(OneLineErrorGroup):
 @click.group(cls=_DefaultTrainGroup)
 @click.version_option(package_name="humanline")
 def main() -> None:
-    """Train DPO/KTO/GRPO (offline, online, humanline) from versioned shards; plot; evaluate."""
+    """Train DPO/KTO/GRPO (offline, online, humanline) from versioned shards; plot; evaluate; export."""
 
 
 @main.command("train")
@@ -65,9 +65,9 @@ def train_command(loss: str | None, out: Path | None, resume_dir: Path | None, c
 
 
 def _register() -> None:
-    from humanline_train import evaluate, plot
+    from humanline_train import evaluate, export, plot
 
-    for module in (plot, evaluate):
+    for module in (plot, evaluate, export):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -1,7 +1,7 @@
 """PNG curves comparing training runs, read from each run's ``metrics.jsonl``.
 
 ``metrics.jsonl`` holds one JSON object per optimizer step with an integer ``step`` and numeric
-metrics (``loss``, ``margin``, ``kl``, ...). :func:`plot_runs` draws one subplot per metric and,
+metrics (``train/loss``, ``train/rewards/margins``, ``train/kl``, ...: ``run_log``). :func:`plot_runs` draws one subplot per metric and,
 in each, one line per run (labelled by the run directory's name) against ``step``. A run that
 lacks a metric is simply left out of that subplot; a metric no run has is an error.
 """

@@ -1,5 +1,9 @@
 """The trained model and its optimizer: precision, LoRA, gradient checkpointing, AdamW + warmup.
 
+LoRA (``--lora-r``, ``--lora-alpha``, ``--lora-dropout``, ``--lora-target-modules``) wraps the
+initial model in a PEFT model; its checkpoints hold the adapter folder that
+``PeftModel.from_pretrained`` loads (``checkpoint.save_policy``).
+
 Precision (``--precision``): ``fp32`` keeps weights, activations and AdamW states in float32
 (TF32 matmuls on a GPU); ``bf16-mixed`` keeps float32 weights and optimizer states and runs
 the forward under bf16 autocast; ``bf16`` stores the weights in bfloat16. ``auto`` is
@@ -10,11 +14,14 @@ log-softmax, the log-ratios, the humanline clip and the losses are float32 (``lo
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
-from humanline_train.settings import TrainConfig
+from humanline_data.errors import HumanlineError
+from humanline_train import tracking
+from humanline_train.settings import ModelSettings, TrainConfig
 
 
 def resolve_precision(precision: str) -> str:
@@ -27,7 +34,9 @@ def resolve_precision(precision: str) -> str:
 def make_accelerator(config: TrainConfig):
     """The run's Accelerator. Its state is a per-process singleton fixed at first use; it is
     re-made per run so that runs of other precisions can follow each other in one process
-    (``train()`` called from Python), the process group staying as it is."""
+    (``train()`` called from Python), the process group staying as it is. Its trackers are the
+    run's ``--report-to`` (``tracking``; a tracker that is not installed is an error here, before
+    anything is written)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
@@ -38,32 +47,75 @@ def make_accelerator(config: TrainConfig):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=config.data.grad_accum,
-                       mixed_precision="bf16" if precision == "bf16-mixed" else "no")
+                       mixed_precision="bf16" if precision == "bf16-mixed" else "no", **tracking.accelerator_args(config))
 
 
-def load_policy(weights: Path, config: TrainConfig, lora_state: dict | None) -> torch.nn.Module:
+def weight_dtype(precision: str) -> torch.dtype:
+    """The dtype the weights are trained (and checkpointed) in under ``precision``."""
+    return torch.bfloat16 if resolve_precision(precision) == "bf16" else torch.float32
+
+
+def check_lora(model: ModelSettings) -> None:
+    """Refuse LoRA settings that cannot apply (before anything is written; their ranges: ``TrainConfig.check``)."""
+    given = [f"--{f.name.replace('_', '-')}" for f in fields(ModelSettings)
+             if f.name.startswith("lora_") and f.name != "lora_r" and getattr(model, f.name) != f.default]
+    if not model.lora_r and given:
+        raise HumanlineError(f"{given[0]} applies to LoRA runs only: pass --lora-r too")
+    if not model.lora_targets:
+        raise HumanlineError(f"--lora-target-modules {model.lora_target_modules!r}: no module names")
+    if model.lora_r and model.lora_targets != "all-linear":
+        _check_lora_targets(model)
+
+
+def lora_config(model: ModelSettings):
+    """peft's ``LoraConfig`` of a run's LoRA settings."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=model.lora_r, lora_alpha=model.lora_scale_alpha, lora_dropout=model.lora_dropout,
+                      target_modules=model.lora_targets)
+
+
+def _check_lora_targets(model: ModelSettings) -> None:
+    """Every --lora-target-modules name names modules of the model: peft puts the adapters on a
+    weightless copy of it (no memory, nothing loaded)."""
+    from accelerate import init_empty_weights
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from humanline_data.models import resolve_model
+
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model(model.model)))
+    try:
+        get_peft_model(skeleton, lora_config(model))
+    except ValueError as err:
+        raise HumanlineError(f"--lora-target-modules {model.lora_target_modules}: {str(err).splitlines()[0]}") from None
+
+
+def load_policy(model_path: Path, config: TrainConfig, checkpoint: Path | None = None) -> torch.nn.Module:
     """The policy in train mode, in the weight dtype of the run's precision (flex attention for
-    packed rows on a GPU); LoRA adapters on
-    every linear layer when ``lora_r``. ``lora_state``: the adapters of a resumed LoRA run (its
-    base is the initial model)."""
+    packed rows on a GPU). ``checkpoint``: the one a run resumes from. A LoRA run (``lora_r``)
+    puts adapters on ``model_path`` (the initial model): new ones, or the checkpoint's (a PEFT
+    adapter folder); a full fine-tuning run loads the checkpoint's weights instead of ``model_path``."""
     from transformers import AutoModelForCausalLM
 
-    dtype = torch.bfloat16 if resolve_precision(config.model.precision) == "bf16" else torch.float32
+    settings = config.model
+    weights = checkpoint if checkpoint is not None and not settings.lora_r else model_path
     # packed rows need a document mask: flex attention's block mask on a GPU, the default (sdpa) elsewhere
-    flex = config.model.layout == "packed" and torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype, **({"attn_implementation": "flex_attention"} if flex else {}))
-    if config.model.gradient_checkpointing:
+    flex = settings.layout == "packed" and torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(weights, dtype=weight_dtype(settings.precision),
+                                                 **({"attn_implementation": "flex_attention"} if flex else {}))
+    if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    if config.model.lora_r:
-        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    if settings.lora_r:
+        from peft import PeftModel, get_peft_model
 
-        if config.model.gradient_checkpointing:
+        if settings.gradient_checkpointing:
             model.enable_input_require_grads()
-        r = config.model.lora_r
-        model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules="all-linear"))
-        if lora_state is not None:
-            set_peft_model_state_dict(model, lora_state)
+        if checkpoint is not None:
+            return PeftModel.from_pretrained(model, checkpoint, is_trainable=True).train()
+        model = get_peft_model(model, lora_config(settings))
     return model.train()
 
 

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from humanline_data.backends import SamplingParams
 from humanline_data.errors import HumanlineError
+from humanline_train.export import is_adapter, loadable_model
 
 
 def make_shard(
@@ -132,7 +133,7 @@ class Rounds:
             shard = self.pending.pop(round_index).result()
         elif online.refresh_async and round_index > 0:  # resumed: the background round was lost
             previous = step - online.refresh_every  # its policy is only on disk now: load it for this round
-            source = self.checkpoint.checkpoint_dir(self.run_dir, previous) if previous > 0 else self.model_path
+            source = loadable_model(self.checkpoint.checkpoint_dir(self.run_dir, previous)) if previous > 0 else self.model_path
             shard = make_shard(**self._arguments(source, round_index, previous))
         else:
             shard = make_shard(**self._sampling(round_index, step, policy_dir, weights))
@@ -162,9 +163,13 @@ class Rounds:
 
     def _sampling(self, round_index: int, step: int, model_dir: Path, weights: dict | None) -> dict:
         """make_shard's arguments for a round sampled with the policy at ``step``; live: with the
-        run's engine, into which ``weights`` are pushed first (None: it still holds the initial model)."""
+        run's engine, into which ``weights`` are pushed first (None: it still holds the initial model).
+        A LoRA checkpoint (an adapter) is named by the engine's own folder (live: ``weights`` are what
+        it samples with) or merged into a model folder to load (reload)."""
+        live = self.config.online.refresh_engine == "live"
+        model_dir = (self.model_path if is_adapter(model_dir) else model_dir) if live else loadable_model(model_dir)
         arguments = self._arguments(model_dir, round_index, step)
-        if self.config.online.refresh_engine == "live":
+        if live:
             from humanline_train.engine import LiveEngine
 
             if self.engine is None:

@@ -53,3 +53,15 @@ class SyncSchedule:
         if self.sync:
             last = min(last, first + self.k)
         return max(0, last - first)
+
+
+def syncs_through(steps: int, sync: bool, k: int, refresh_every: int | None) -> int:
+    """Times the reference was set to the current policy during the first ``steps`` optimizer
+    steps of a run with :class:`SyncSchedule` ``(sync, k, refresh_every)``: humanline syncs
+    (after every ``k``-th step of a segment) plus online round starts after the first (segments
+    start every ``refresh_every`` steps); the initial reference is not counted."""
+    if not refresh_every:
+        return steps // k if sync else 0
+    full, rest = divmod(steps, refresh_every)
+    syncs = full * (refresh_every // k) + rest // k if sync else 0
+    return syncs + max(0, steps - 1) // refresh_every

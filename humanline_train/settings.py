@@ -43,7 +43,23 @@ class ModelSettings:
                       "padding-free row, each prompt once, document-masked attention (flex attention on a GPU).",
                       choices=LAYOUTS)
     lora_r: int = opt(0, "LoRA rank (0: full fine-tuning).", NON_NEGATIVE)
+    lora_alpha: float | None = opt(None, "LoRA alpha (the adapters are scaled by alpha / r) [default: 2 x --lora-r].",
+                                   POSITIVE, type=float)
+    lora_dropout: float = opt(0.0, "Dropout on the input of each LoRA adapter.", Range(0, 1, below=True))
+    lora_target_modules: str = opt("all-linear", "Comma list of module names that get LoRA adapters (all-linear: every "
+                                   "linear layer but the LM head).")
     gradient_checkpointing: bool = opt(False, "Recompute activations in backward (less memory).")
+
+    @property
+    def lora_scale_alpha(self) -> float:
+        """The LoRA alpha a run uses: --lora-alpha, else 2 x --lora-r."""
+        return 2 * self.lora_r if self.lora_alpha is None else self.lora_alpha
+
+    @property
+    def lora_targets(self) -> str | list[str]:
+        """peft's ``target_modules``: ``"all-linear"`` or the list of module names."""
+        names = [n.strip() for n in self.lora_target_modules.split(",") if n.strip()]
+        return names if names != ["all-linear"] else "all-linear"
 
 
 @dataclass
@@ -106,6 +122,8 @@ SAMPLING_FLAGS = {"n": ("samples", "Online: completions per prompt."), "temperat
 class RunSettings:
     save_every: int = opt(0, "Checkpoint every N steps (0: at the end only).", NON_NEGATIVE)
     keep_last: int = opt(0, "Keep only the newest N checkpoints (0: keep all).", NON_NEGATIVE)
+    report_to: str = opt("none", "Experiment trackers, a comma list of tensorboard, wandb, mlflow (none: metrics.jsonl "
+                         "only); TensorBoard logs to RUN_DIR/tracking.")
 
 
 SECTIONS = {"model": ModelSettings, "data": DataSettings, "optimizer": OptimizerSettings,

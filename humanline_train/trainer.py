@@ -34,7 +34,7 @@ from humanline_data.outputs import check_output
 from humanline_train import checkpoint
 from humanline_train.batches import ShardLoader, Step, StepStream, open_shards
 from humanline_train.logprobs import LogprobModel
-from humanline_train.policy import load_policy, make_accelerator, make_optimizer, resolve_precision
+from humanline_train.policy import check_lora, load_policy, make_accelerator, make_optimizer, resolve_precision
 from humanline_train.reference import make_reference
 from humanline_train.refresh import Rounds
 from humanline_train.run_log import RunLog, step_row
@@ -76,10 +76,9 @@ def train(config: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
     if not stream.peek(1):
         raise HumanlineError(f"{loader.version.path}: fewer examples than one optimizer step needs")
 
-    weights = resume_from if resume_from and not config.model.lora_r else model_path  # LoRA: base + saved adapters
     # on CPU, forwards of <= max_length padded tokens (length-sorted) waste less on padding than one wide forward
     forward_tokens = config.data.max_length if accel.device.type == "cpu" else None
-    policy = LogprobModel(load_policy(weights, config, state.get("lora")).to(accel.device), forward_tokens=forward_tokens,
+    policy = LogprobModel(load_policy(model_path, config, resume_from).to(accel.device), forward_tokens=forward_tokens,
                           layout=config.model.layout)
     optimizer, scheduler = make_optimizer(policy, config, total)
     schedule = SyncSchedule(total, config.humanline.sync, config.humanline.sync_k, config.online.refresh_every,
@@ -98,7 +97,7 @@ def train(config: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
             checkpoint.restore(resume_from, state, reference_state, optimizer, scheduler, reference, accel)
 
         def save() -> None:
-            state = checkpoint.trainer_state(config, step, optimizer, scheduler, data, policy)
+            state = checkpoint.trainer_state(config, step, optimizer, scheduler, data)
             checkpoint.save_run(run_dir, step, policy, tokenizer, state, reference, accel)
             if accel.is_main_process:
                 checkpoint.prune(run_dir, config.run.keep_last, protect={data["segment_start"], step})
@@ -109,7 +108,7 @@ def train(config: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
             reference.sync(policy, stream.numbered(first, schedule.window(first)))
             times["sync"] += time.perf_counter() - started
 
-        with RunLog(run_dir, accel, total, step) as log:
+        with RunLog(config, accel, total, step) as log:
             try:
                 while step < total:
                     if schedule.refresh_due(step):
@@ -279,6 +278,7 @@ def check_config(config: TrainConfig):
         raise HumanlineError(f"--loss {config.loss} is reference-free: humanline sync and clip do not apply "
                              "(pass --no-humanline)")
     config.model.precision = resolve_precision(config.model.precision)
+    check_lora(config.model)
     return check_pinned_shards(config) if config.resume else pin_shards(config)
 
 

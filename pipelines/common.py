@@ -119,6 +119,18 @@ class Steps:
         out.write_text(done.stdout)
         return out
 
+    def final_model(self, name: str, run_dir) -> Path:
+        """The newest checkpoint of ``run_dir`` as a model folder: itself, or for a LoRA run (an
+        adapter) the initial model with it merged in (``humanline-train export --merge``, into
+        ``run_dir/final-model``)."""
+        checkpoint = final_checkpoint(run_dir)
+        if not (checkpoint / "adapter_config.json").is_file():
+            return checkpoint
+        out = Path(run_dir) / "final-model"
+        self.run(f"export-{name}", "humanline-train", "export", run_dir, "--step", checkpoint.name.removeprefix("step-"),
+                 "--merge", "--out", out)
+        return out
+
     def evaluate(self, name: str, model, prompts, scorer: str, *args) -> dict:
         """``humanline-train eval`` of ``model``; its JSON result (also saved as eval_<name>.json)."""
         out = self.run_dir / "evals" / f"{name}.json"
@@ -143,7 +155,7 @@ def logged_metrics(run_dir: Path) -> set[str]:
 
 
 def final_checkpoint(run_dir) -> Path:
-    """The checkpoint with the most steps in ``run_dir/checkpoints`` (an HF model folder)."""
+    """The checkpoint with the most steps in ``run_dir/checkpoints``."""
     found = [(int(m.group(1)), p) for p in (Path(run_dir) / "checkpoints").iterdir() if (m := _STEP_DIR.match(p.name))]
     if not found:
         raise StepFailed(f"{run_dir}: no checkpoint")

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from humanline_train import objectives  # noqa: E402
 from pipelines.common import (  # noqa: E402
-    SHARED_DATA, Steps, add_common_flags, cli, start, final_checkpoint, fmt, prune_checkpoints, write_results,
+    SHARED_DATA, Steps, add_common_flags, cli, start, fmt, prune_checkpoints, write_results,
 )
 
 # SPEC §3, instruction following (Llama-3-8B-Instruct, UltraFeedback-ArmoRM, AlpacaEval 2).
@@ -71,7 +71,8 @@ UF_HUB = "princeton-nlp/llama3-ultrafeedback-armorm"
 LOSSES = ("dpo", "kto", "grpo")
 VARIANTS = ("offline", "online", "offline+humanline", "online+humanline")
 SHARD_FOR_LOSS = {"dpo": "pairs", "kto": "unpaired", "grpo": "pairs"}  # GRPO: a pair is a group of two
-CURVES = ["loss", "margin", "accuracy", "kl", "unclamped_frac", "clip_frac", "reference_point", "grad_norm"]
+CURVES = ["train/loss", "train/rewards/margins", "train/rewards/accuracies", "train/kl", "train/humanline/unclamped_frac",
+          "train/clip_ratio/region_mean", "train/kto/reference_point", "train/grad_norm"]
 
 # --dry-run: sizes only (a tiny random policy and reward model, a dozen prompts, two steps).
 DRY_SIZES = dict(prompts=12, n=2, max_new_tokens=16, steps=2, batch={"dpo": 2, "kto": 4, "grpo": 4},
@@ -241,7 +242,7 @@ def main(argv=None) -> Path:
             name = f"{loss}-{variant.replace('+', '-')}"
             run_dir = Path(steps.train(f"train-{name}", train_settings(args, loss, variant, data, scorer),
                                        run / "runs" / name, keep_checkpoints=args.keep_checkpoints))
-            result = steps.evaluate(name, final_checkpoint(run_dir), data["eval_prompts"], scorer, *eval_flags)
+            result = steps.evaluate(name, steps.final_model(name, run_dir), data["eval_prompts"], scorer, *eval_flags)
             if not args.keep_checkpoints:
                 prune_checkpoints(run_dir)
             runs[name] = {

@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.common import (  # noqa: E402
-    SHARED_DATA, Steps, add_common_flags, cli, start, final_checkpoint, fmt, plot_round_rewards, prune_checkpoints,
+    SHARED_DATA, Steps, add_common_flags, cli, start, fmt, plot_round_rewards, prune_checkpoints,
     round_rewards, write_results,
 )
 
@@ -55,7 +55,8 @@ GRPO_EPS = 0.2
 GRPO_BETA_KL = 1e-4
 MAX_GRAD_NORM = 1.0
 MAX_PROMPT_TOKENS = 1024  # not in SPEC: room for the prompt in --max-length
-CURVES = ["loss", "kl", "unclamped_frac", "clip_frac", "grad_norm", "advantage"]
+CURVES = ["train/loss", "train/kl", "train/humanline/unclamped_frac", "train/clip_ratio/region_mean", "train/grad_norm",
+          "train/grpo/advantage"]
 
 # --dry-run: sizes only; sampling every 1 vs 4 steps stands for 1 vs 64.
 DRY_SIZES = dict(train_size=16, n=2, max_new_tokens=16, steps=4, prompts_per_step=2, stale_every=4, sync_k=2,
@@ -166,7 +167,7 @@ def main(argv=None) -> Path:
         run_dir = Path(steps.train(f"train-{name}", grpo_settings(args, data["train"], args.scorer, refresh_every,
                                                                   humanline, args.seed), run / "runs" / name,
                                    keep_checkpoints=args.keep_checkpoints))
-        result = steps.evaluate(name, final_checkpoint(run_dir), data["test"], "math", *eval_flags)
+        result = steps.evaluate(name, steps.final_model(name, run_dir), data["test"], "math", *eval_flags)
         if not args.keep_checkpoints:
             prune_checkpoints(run_dir)
         rounds = round_rewards(run_dir)

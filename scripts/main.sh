@@ -42,11 +42,11 @@ evaluate() {  # greedy pass@1 of model $1 on the held-out problems into $RUN/eva
   humanline-train eval --model "$1" --prompts "$TEST_P" --scorer math --max-new-tokens "$MAXTOK" \
     --work "$RUN/eval_$2" --out "$RUN/eval_$2.json" >&2
 }
-train() {  # GRPO on the stale groups into $RUN/$1 with the extra flags $2...; prints the final checkpoint
+train() {  # GRPO on the stale groups into $RUN/$1 with the extra flags $2...; prints its final model (LoRA merged)
   local out="$RUN/$1"; shift
   humanline-train train --shards "$GROUPED" --loss grpo --model "$MODEL" --out "$out" --lora-r 16 --lr "${LR:-2e-4}" \
     --epochs "$EPOCHS" --batch-size "${BATCH:-8}" --max-length 96 --seed "${SEED:-0}" "$@" >&2
-  ls -d "$out"/checkpoints/step-* | sort -V | tail -n 1
+  humanline-train export "$out" --merge --out "$out-final" | last
 }
 step "held-out pass@1 before training"
 evaluate "$MODEL" before

@@ -60,6 +60,14 @@ def save_with_tokenizer(model, path: Path) -> Path:
     return path
 
 
+def tree_digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` by relative path (to show nothing there changed)."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """Path of a tiny random model folder (shared by the session; do not modify it)."""

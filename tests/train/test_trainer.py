@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -11,16 +10,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import tree_digest
 from real_shards import group_rows, losses_of, pair_rows, tiny_config, unpaired_rows, write, write_unchecked
 from humanline_data.schema import prompt_id
 from humanline_train.cli import main
 from humanline_train.trainer import train
 
-REQUIRED = {"step", "loss", "kl", "unclamped_frac", "grad_norm", "lr", "tokens_per_s", "seconds_forward",
-            "seconds_backward", "seconds_reference", "seconds_sync", "skipped_prompts", "truncated_completions"}
-PER_LOSS = {"dpo": {"rewards/chosen", "rewards/rejected", "margin", "accuracy"},
-            "kto": {"rewards/chosen", "rewards/rejected", "reference_point"},
-            "grpo": {"clip_frac", "advantage"}}
+REQUIRED = {"step", "train/loss", "train/kl", "train/humanline/unclamped_frac", "train/humanline/syncs", "train/grad_norm",
+            "train/learning_rate", "train/perf/tokens_per_s", "train/perf/seconds_forward", "train/perf/seconds_backward",
+            "train/perf/seconds_reference", "train/perf/seconds_sync", "train/data/skipped_prompts",
+            "train/data/truncated_completions"}
+PER_LOSS = {"dpo": {"train/rewards/chosen", "train/rewards/rejected", "train/rewards/margins", "train/rewards/accuracies"},
+            "kto": {"train/rewards/chosen", "train/rewards/rejected", "train/kto/reference_point"},
+            "grpo": {"train/clip_ratio/region_mean", "train/grpo/advantage"}}
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +49,14 @@ def test_each_loss_learns_a_repeated_batch(shards, tiny_model, tmp_path, monkeyp
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]  # one step per pass over the 1-step shard
     for row in rows:
         assert REQUIRED | PER_LOSS[loss] <= set(row)
-    first = rows[0]["loss"]
-    assert rows[-1]["loss"] < first - 0.01
+    first = rows[0]["train/loss"]
+    assert rows[-1]["train/loss"] < first - 0.01
     if not humanline:  # a fixed reference: the loss keeps falling (synced, it measures the last update)
-        assert rows[-1]["loss"] < rows[1]["loss"] < first
+        assert rows[-1]["train/loss"] < rows[1]["train/loss"] < first
     assert (run / "checkpoints" / "step-5" / "config.json").is_file()
 
 
 # --- bad input through the CLI: one line, exit != 0, the earlier run untouched ---------------
-
-
-def _tree(path: Path) -> dict:
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +86,7 @@ def _bad_models(tiny_model: Path, root: Path) -> dict:
 
 def test_bad_inputs_fail_with_one_line_and_leave_earlier_run(shards, tiny_model, tmp_path, shared_data, earlier_run):
     run, good = earlier_run
-    before = _tree(run)
+    before = tree_digest(run)
     models = _bad_models(tiny_model, tmp_path)
     prompts = [{"prompt_id": prompt_id(r["messages"]), "messages": r["messages"], "source": "x", "split": "train"}
                for r in shards["rows"][:3]]
@@ -129,7 +127,7 @@ def test_bad_inputs_fail_with_one_line_and_leave_earlier_run(shards, tiny_model,
         assert result.exit_code == 2, (name, result.output)
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (name, lines)
         assert not fresh.exists(), name
-        assert _tree(run) == before, name
+        assert tree_digest(run) == before, name
 
 
 # --- online: a new shard sampled from the policy every R steps ---------------------------------
@@ -162,7 +160,7 @@ def test_online_refresh_samples_from_the_checkpoint_and_resets_the_reference(sha
     assert sampler(rounds["0"]) == tiny_model.resolve()
     # sync: the policy at the refresh (step 2); async: the one a refresh earlier (the initial model)
     assert sampler(rounds["1"]) == (tiny_model.resolve() if refresh_async else (run / "checkpoints" / "step-2").resolve())
-    assert [json.loads(line)["round"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 0, 1, 1]
+    assert [json.loads(line)["train/online/round"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 0, 1, 1]
     for step in (0, 2):  # segment starts: the reference is the policy itself
         ref, pol = seen[step]
         assert torch.allclose(ref, pol, atol=1e-6, rtol=0)
@@ -195,10 +193,10 @@ def test_embedded_model_kto_and_grpo_on_real_data_lower_the_loss(shared_data, em
     cfg = tiny_config(shard, "smollm2-135m-instruct", tmp_path / "run", loss=loss, batch_size=batch, max_length=256,
                       epochs=4, max_steps=None, lr=2e-5, sync_k=4)
     rows = [json.loads(line) for line in (train(cfg) / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in rows]
+    losses = [r["train/loss"] for r in rows]
     assert len(losses) == 4
     assert losses[-1] < losses[0]
-    assert rows[-1]["unclamped_frac"] > 0.5  # clipping is on; most tokens still inside [-1.5, 1.5]
+    assert rows[-1]["train/humanline/unclamped_frac"] > 0.5  # clipping is on; most tokens still inside [-1.5, 1.5]
 
 
 @pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
