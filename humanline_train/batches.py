@@ -297,12 +297,10 @@ class ShardLoader:
                 pooled = sum(map(len, pool))
                 yield from steps
         steps, last = _length_grouped(pool, self.micro_batches, self.batch_size, rng)
-        yield from steps
         size = sum(map(len, last))
-        if size >= self.micro_batches and not self.drop_last:
-            yield last
-        else:
-            self.truncation.dropped += size
+        trains = size >= self.micro_batches and not self.drop_last
+        self.truncation.dropped += 0 if trains else size  # counted before the epoch's last steps are taken
+        yield from steps + ([last] if trains else [])
 
     def _collate(self, examples: list[Example], rows: list[int], partners: list[int | None] | None) -> Batch:
         picked = [examples[i] for i in rows]

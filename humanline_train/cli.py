@@ -48,11 +48,13 @@ def train_command(loss: str | None, out: Path | None, resume_dir: Path | None, c
              if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
     if given.pop("no_humanline", False):
         given.update(sync=False, clip=False)
+    values = settings.load_config_file(config_file, given.get("loss")) if config_file else {}
+    out = out or values.pop("out", None)  # a flag wins over the file's output_dir / out
+    values.pop("out", None)
     if resume_dir is None and out is None:
         raise HumanlineError("--out RUN_DIR is required (or --resume RUN_DIR)")
     if resume_dir is not None and out is not None and Path(out).resolve() != Path(resume_dir).resolve():
         raise HumanlineError(f"--out {out} and --resume {resume_dir} name different run directories")
-    values = settings.load_config_file(config_file) if config_file else {}
     if resume_dir is not None:
         values = {**settings.flatten(checkpoint.read_settings(resume_dir)), **values}
     values.update(given)

@@ -120,10 +120,16 @@ def load_policy(model_path: Path, config: TrainConfig, checkpoint: Path | None =
 
 
 def make_optimizer(policy: torch.nn.Module, config: TrainConfig, total_steps: int):
-    """(AdamW over the trainable parameters, warmup-then-constant LambdaLR) per SPEC §3."""
+    """(AdamW over the trainable parameters per SPEC §3, its learning-rate schedule over
+    ``total_steps``: linear warmup from 0, then constant, linear decay or cosine decay to 0 as
+    transformers' ``get_scheduler`` makes them)."""
+    from transformers import get_scheduler
+
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.optimizer.lr, betas=(0.9, 0.999), eps=1e-5, weight_decay=0.01)
     warmup = config.optimizer.warmup
     warmup_steps = round(warmup * total_steps) if warmup < 1 else int(warmup)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
+    name = config.optimizer.lr_scheduler
+    scheduler = get_scheduler("constant_with_warmup" if name == "constant" else name, optimizer,
+                              num_warmup_steps=warmup_steps, num_training_steps=total_steps)
     return optimizer, scheduler

@@ -85,6 +85,12 @@ def step_row(step: int, loss: float | None, metrics: dict, grad_norm, lr: float,
     }
 
 
+def means(rows: list[dict]) -> dict:
+    """Each metric's mean over the ``rows`` that hold it (numbers or one-element tensors)."""
+    keys = dict.fromkeys(k for row in rows for k in row)
+    return {k: sum(float(row[k]) for row in rows if k in row) / sum(k in row for row in rows) for k in keys}
+
+
 class RunLog:
     """Context manager: appends named step rows to ``RUN_DIR/metrics.jsonl``, logs their numbers
     to the run's trackers (started here, finished on exit) and moves the progress bar."""
@@ -98,7 +104,8 @@ class RunLog:
             console=Console(stderr=True), disable=not self.main,
         )
         self.task = self.progress.add_task("training", total=total, completed=done)
-        self.done = done
+        self.done, self.total = done, total
+        self.window: list[dict] = []  # the numbers of the steps since the trackers' last log
 
     def __enter__(self) -> "RunLog":
         tracking.start(self.accel, self.config, self.done)
@@ -124,8 +131,11 @@ class RunLog:
             with os_errors(self.file.name):
                 self.file.write(json.dumps(row) + "\n")
                 self.file.flush()
-        numbers = {k: v for k, v in row.items() if k != STEP and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.accel.log(numbers, step=row[STEP])  # main process only; a no-op without trackers
+        self.window.append({k: v for k, v in row.items() if k != STEP and isinstance(v, (int, float))
+                            and not isinstance(v, bool)})
+        if row[STEP] % self.config.run.logging_steps == 0 or row[STEP] == self.total:
+            self.accel.log(means(self.window), step=row[STEP])  # main process only; a no-op without trackers
+            self.window = []
         loss = "n/a" if row[LOSS] is None else f"{row[LOSS]:.4f}"
         self.progress.update(self.task, completed=row[STEP], description=f"loss {loss}")
 

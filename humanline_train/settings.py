@@ -25,6 +25,7 @@ from humanline_train import objectives
 
 PRECISIONS = ("auto", "fp32", "bf16-mixed", "bf16")
 LAYOUTS = ("padded", "packed")
+SCHEDULERS = ("constant", "linear", "cosine")
 
 
 def opt(default: Any, help: str, allowed: Range | None = None, **extra) -> Any:
@@ -80,7 +81,9 @@ class DataSettings:
 class OptimizerSettings:
     lr: float = opt(5e-6, "AdamW learning rate (betas 0.9/0.999, eps 1e-5, weight decay 0.01).", POSITIVE)
     max_grad_norm: float = opt(1.0, "Gradient clipping norm.", POSITIVE)
-    warmup: float = opt(0.1, "< 1: fraction of the steps; >= 1: steps.", NON_NEGATIVE)
+    warmup: float = opt(0.1, "Linear warmup from 0: < 1 a fraction of the steps, >= 1 a number of steps.", NON_NEGATIVE)
+    lr_scheduler: str = opt("constant", "The learning rate after warmup (transformers' get_scheduler).",
+                            choices=SCHEDULERS)
 
 
 @dataclass
@@ -120,6 +123,8 @@ SAMPLING_FLAGS = {"n": ("samples", "Online: completions per prompt."), "temperat
 
 @dataclass
 class RunSettings:
+    logging_steps: int = opt(1, "Log to the trackers every N steps, the mean over them (metrics.jsonl keeps every step).",
+                             AT_LEAST_1)
     save_every: int = opt(0, "Checkpoint every N steps (0: at the end only).", NON_NEGATIVE)
     keep_last: int = opt(0, "Keep only the newest N checkpoints (0: keep all).", NON_NEGATIVE)
     report_to: str = opt("none", "Experiment trackers, a comma list of tensorboard, wandb, mlflow (none: metrics.jsonl "
@@ -299,9 +304,18 @@ def click_options(command):
     return command
 
 
-def load_config_file(path: Path) -> dict:
-    """Flat settings from a YAML (or JSON) file in the shape of settings.json or flat flag names."""
+def known_setting(name: str) -> bool:
+    """Whether ``name`` is a flat setting a config may give (any objective's included)."""
+    return name in _LEAVES or name in _ALL_OBJECTIVE_SETTINGS or name in ("loss", "out", "humanline")
+
+
+def load_config_file(path: Path, loss: str | None = None) -> dict:
+    """Flat settings from a YAML (or JSON) file in the shape of settings.json, flat flag names or
+    a TRL config (``trl_config``; ``loss``: the objective given on the command line, else the
+    file's ``loss``)."""
     import yaml
+
+    from humanline_train.trl_config import translate
 
     try:
         data = yaml.safe_load(Path(path).read_text())
@@ -310,6 +324,7 @@ def load_config_file(path: Path) -> dict:
     if not isinstance(data, dict):
         raise HumanlineError(f"--config {path}: expected a mapping of settings")
     try:
-        return {name: convert(name, value) for name, value in flatten(data).items()}
+        flat = flatten(data)
+        return {name: convert(name, value) for name, value in translate(flat, loss or flat.get("loss")).items()}
     except HumanlineError as err:
         raise HumanlineError(f"--config {path}: {err}") from None

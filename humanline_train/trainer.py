@@ -37,7 +37,7 @@ from humanline_train.logprobs import LogprobModel
 from humanline_train.policy import check_lora, load_policy, make_accelerator, make_optimizer, resolve_precision
 from humanline_train.reference import make_reference
 from humanline_train.refresh import Rounds
-from humanline_train.run_log import RunLog, step_row
+from humanline_train.run_log import RunLog, means, step_row
 from humanline_train.schedule import SyncSchedule
 from humanline_train.settings import TrainConfig
 
@@ -195,20 +195,11 @@ def run_step(objective, policy, step: Step, refs: list, accel, config: TrainConf
         rows.append(metrics)
         tokens += batch.num_tokens
     total_loss = float(accel.reduce(torch.tensor(loss_sum, device=accel.device), "sum"))
-    return total_loss, _mean_metrics(rows), tokens
+    return total_loss, means(rows), tokens
 
 
 def _rows(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return batch.input_ids, batch.attention_mask, batch.completion_mask
-
-
-def _mean_metrics(rows: list[dict]) -> dict:
-    """Mean of each metric over the micro-batches that report it."""
-    out = {}
-    for key in dict.fromkeys(k for r in rows for k in r):
-        values = [float(r[key]) for r in rows if key in r]
-        out[key] = sum(values) / len(values)
-    return out
 
 
 def make_loader(config: TrainConfig, shards, tokenizer, accel) -> ShardLoader:
