@@ -168,6 +168,13 @@ class TrainConfig:
             check_fields(getattr(self, section), flag=_option)
         check_fields(self.online.sampling, flag=lambda attr: _option(SAMPLING_FLAGS.get(attr, (attr,))[0]))
         check_fields(self.objective, flag=_option)
+        if self.online.refresh_every is None:
+            online = [_option(f.name) for f in fields(OnlineSettings)
+                      if f.name != "sampling" and getattr(self.online, f.name) != f.default]
+            online += [_option(name) for attr, (name, _) in SAMPLING_FLAGS.items()
+                       if getattr(self.online.sampling, attr) != getattr(SamplingParams(), attr)]
+            if online:
+                raise HumanlineError(f"{', '.join(online)} applies to online runs only: pass --refresh-every too")
 
     def settings(self) -> dict:
         """What settings.json holds and a resume must match (everything but ``out``/``resume``)."""
