@@ -54,7 +54,7 @@ from humanline_data.backends import (
     sample_seed,
 )
 from humanline_data.errors import HumanlineError, SchemaError, WrongKindError, os_errors
-from humanline_data.executors import Executor
+from humanline_data.executor_settings import Executor
 from humanline_data.models import EMBEDDED_MODEL, model_fingerprint, model_identity, resolve_model
 from humanline_data.outputs import check_output
 from humanline_data.ranges import check_fields
@@ -237,10 +237,10 @@ def _chunk_path(work: Path, k: int) -> Path:
 
 
 class ChunkSampler:
-    """The generate stage's worker (see :mod:`humanline_data.executors`): turns a chunk of prompts
-    (prompt columns) into its completions rows (all ``n`` samples of every prompt, empties
-    included; schema ``SCHEMAS["completions"]``) with ``backend``, which it closes at the end
-    when it ``owned`` it."""
+    """The generate stage's worker (see :mod:`humanline_data.executor_settings`): turns a chunk
+    of prompts (prompt columns) into its completions rows (all ``n`` samples of every prompt,
+    empties included; schema ``SCHEMAS["completions"]``) with ``backend``, which it closes at
+    the end when it ``owned`` it."""
 
     def __init__(self, backend: Backend, params: SamplingParams, constants: dict, owned: bool = True):
         self.backend, self.params, self.constants, self.owned = backend, params, constants, owned
