@@ -41,7 +41,6 @@ def make_shard(
     scorer: str,
     mode: str,
     sampling: SamplingParams,
-    threshold: float = 0.01,
     backend=None,
     lineage: dict | None = None,
 ) -> Path:
@@ -49,10 +48,10 @@ def make_shard(
 
     ``prompts``: a prompts (or completions/scored) version or dataset; the round takes its
     distinct prompts ``offset .. offset + num_prompts - 1`` modulo their count (all of them, each
-    once, when ``num_prompts`` exceeds the count). ``mode``: pairs, groups or unpaired;
-    ``threshold``: the reward gap a pair needs (pairs/unpaired). Groups keep flat groups (all
-    advantages 0, as TRL's GRPO does), so a round in which no sample beats another still trains
-    (KL term only) instead of ending the run with an empty shard. ``backend``: a loaded backend
+    once, when ``num_prompts`` exceeds the count). ``mode``: pairs, groups or unpaired (a pair
+    needs ``pair.THRESHOLD``'s reward gap). Groups keep flat groups (all advantages 0, as TRL's
+    GRPO does), so a round in which no sample beats another still trains (KL term only)
+    instead of ending the run with an empty shard. ``backend``: a loaded backend
     holding ``model_dir``'s weights (the live engine's), None: load one for this round;
     ``lineage``: more producer keys of the completions (engine, step, weights fingerprint).
     """
@@ -68,7 +67,7 @@ def make_shard(
         backend=backend or "auto", lineage=lineage,
     )
     scored = score(completions, out / "scored", scorer)
-    return build(scored, out / mode, mode=mode, threshold=threshold, keep_flat=(mode == "groups"))
+    return build(scored, out / mode, mode=mode, keep_flat=(mode == "groups"))
 
 
 def write_prompt_slice(prompts, offset: int, num_prompts: int, out: Path) -> Path:
