@@ -82,7 +82,7 @@ def measure_stage(contender: str, settings: dict) -> dict:
 
     import pyarrow as pa
 
-    from humanline_data.executors import Executor
+    from humanline_data.executor_settings import Executor
     from humanline_data.generate import generate
     from humanline_data.schema import prompt_id
     from humanline_data.store import open_version, write_version

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 import polars as pl
 
-from humanline_data.pair import _INPUT_COLUMNS, _select_pairs, build
+from humanline_data.pair import _INPUT_COLUMNS, THRESHOLD, _select_pairs, build
 from humanline_data.store import open_version
 from synthetic_scored import write_synthetic_scored
 
@@ -113,7 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=125_000)
     parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--threshold", type=float, default=0.01)
+    parser.add_argument("--threshold", type=float, default=THRESHOLD)
     args = parser.parse_args()
     rows = args.prompts * args.samples
     with tempfile.TemporaryDirectory(prefix="bench-pair-") as tmp:

@@ -220,7 +220,8 @@ def run_ours_kto(path, tokenizer, pairs, steps: int) -> dict:
         T, T_kl = ids.shape[1], kl_ids.shape[1]
         kl_rewards = kto_kl_rewards(kl_logps, ref[n:, :T_kl], kl_completion)
         z = kl_rewards.mean().clamp(min=0)
-        loss, _ = kto_loss(logps, ref[:n, :T], completion, desirable, z, beta=BETA)
+        loss, _ = kto_loss(logps, ref[:n, :T], completion, desirable, z, beta=BETA, desirable_weight=1.0,
+                           undesirable_weight=1.0)  # TRL KTOConfig's weights, as trl-kto runs
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -54,7 +54,7 @@ from humanline_data.backends import (
     sample_seed,
 )
 from humanline_data.errors import HumanlineError, SchemaError, WrongKindError, os_errors
-from humanline_data.executors import Executor
+from humanline_data.executor_settings import Executor
 from humanline_data.models import EMBEDDED_MODEL, model_fingerprint, model_identity, resolve_model
 from humanline_data.outputs import check_output
 from humanline_data.ranges import check_fields
@@ -69,11 +69,11 @@ def generate(
     prompts,
     out,
     model,
-    n: int = 8,
-    temperature: float = 0.7,
-    top_p: float = 0.95,
-    max_new_tokens: int = 512,
-    seed: int = 0,
+    n: int = SamplingParams.n,
+    temperature: float = SamplingParams.temperature,
+    top_p: float = SamplingParams.top_p,
+    max_new_tokens: int = SamplingParams.max_new_tokens,
+    seed: int = SamplingParams.seed,
     backend: str | Backend = "auto",
     batch_size: int = 16,
     shard_index: int = 0,
@@ -237,10 +237,10 @@ def _chunk_path(work: Path, k: int) -> Path:
 
 
 class ChunkSampler:
-    """The generate stage's worker (see :mod:`humanline_data.executors`): turns a chunk of prompts
-    (prompt columns) into its completions rows (all ``n`` samples of every prompt, empties
-    included; schema ``SCHEMAS["completions"]``) with ``backend``, which it closes at the end
-    when it ``owned`` it."""
+    """The generate stage's worker (see :mod:`humanline_data.executor_settings`): turns a chunk
+    of prompts (prompt columns) into its completions rows (all ``n`` samples of every prompt,
+    empties included; schema ``SCHEMAS["completions"]``) with ``backend``, which it closes at
+    the end when it ``owned`` it."""
 
     def __init__(self, backend: Backend, params: SamplingParams, constants: dict, owned: bool = True):
         self.backend, self.params, self.constants, self.owned = backend, params, constants, owned

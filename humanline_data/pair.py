@@ -42,6 +42,8 @@ from humanline_data.schema import SCHEMAS
 from humanline_data.store import Version, open_version, write_version
 
 MODES = ("pairs", "groups", "unpaired")
+THRESHOLD = 0.01  # reward units: the gap a pair needs (pairs/unpaired)
+MIN_GROUP_SIZE = 2  # samples a group needs (groups)
 _INPUT_COLUMNS = ["prompt_id", "messages", "answer", "source", "metadata", "sample_idx", "completion", "reward"]
 _PROMPT_COLUMNS = ["prompt_id", "messages", "answer", "source"]
 
@@ -50,8 +52,8 @@ def build(
     inp: str | os.PathLike,
     out: str | os.PathLike,
     mode: str = "pairs",
-    threshold: float = 0.01,
-    min_group_size: int = 2,
+    threshold: float = THRESHOLD,
+    min_group_size: int = MIN_GROUP_SIZE,
     keep_flat: bool = False,
 ) -> Path:
     """Write the next version of ``out`` (kind = ``mode``) built from the scored version ``inp``.

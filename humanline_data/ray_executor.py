@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 import pyarrow as pa
 
 from humanline_data.errors import HumanlineError
-from humanline_data.executors import Executor, Worker
+from humanline_data.executor_settings import Executor, Worker
 
 
 def run(

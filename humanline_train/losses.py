@@ -16,7 +16,8 @@ detached 0-dim tensors. Common metric keys:
 - ``kl``: mean over completion tokens of the k3 estimator ``exp(-d) + d - 1`` on the
   unclipped log-ratios.
 
-A loss never touches a model.
+A loss never touches a model. Its hyper-parameters (``beta``, ...) are required keyword
+arguments: their defaults live in the objectives' ``Settings`` (``humanline_train.objectives``).
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def dpo_loss(
     policy_rejected_logps,
     ref_rejected_logps,
     rejected_mask,
-    beta: float = 0.1,
+    *,
+    beta: float,
     clip: Clip = None,
 ):
     """DPO: mean over pairs of -log sigmoid(beta * (r_w - r_l)).
@@ -140,9 +142,10 @@ def kto_loss(
     mask,
     desirable,
     reference_point,
-    beta: float = 0.1,
-    desirable_weight: float = 1.0,
-    undesirable_weight: float = 1.0,
+    *,
+    beta: float,
+    desirable_weight: float,
+    undesirable_weight: float,
     clip: Clip = None,
 ):
     """KTO: mean over the batch of w_D (1 - sigmoid(beta (r - z))) for desirable rows and
@@ -176,9 +179,10 @@ def grpo_loss(
     ref_logps,
     mask,
     advantages,
-    beta_kl: float = 0.01,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
+    *,
+    beta_kl: float,
+    eps_low: float,
+    eps_high: float,
     clip: Clip = None,
 ):
     """GRPO against the reference: token mean over every completion token of the batch of

@@ -21,6 +21,7 @@ import torch
 
 from humanline_data.errors import HumanlineError
 from humanline_train import tracking
+from humanline_train.logprobs import LogprobModel
 from humanline_train.settings import ModelSettings, TrainConfig
 
 
@@ -48,6 +49,25 @@ def make_accelerator(config: TrainConfig):
         torch.backends.cudnn.allow_tf32 = True
     return Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=config.data.grad_accum,
                        mixed_precision="bf16" if precision == "bf16-mixed" else "no", **tracking.accelerator_args(config))
+
+
+def prepare_training(model_path: Path, config: TrainConfig, checkpoint: Path | None, accel, total_steps: int):
+    """The run's policy (:func:`load_policy`, as a ``LogprobModel``), optimizer and scheduler, the
+    first two prepared by ``accel``. DeepSpeed reads the micro-batch size, gradient accumulation
+    and clipping from its own config: they are made the run's first."""
+    from accelerate.utils import DistributedType
+
+    # on CPU, forwards of <= max_length padded tokens (length-sorted) waste less on padding than one wide forward
+    forward_tokens = config.data.max_length if accel.device.type == "cpu" else None
+    policy = LogprobModel(load_policy(model_path, config, checkpoint).to(accel.device), forward_tokens=forward_tokens,
+                          layout=config.model.layout)
+    optimizer, scheduler = make_optimizer(policy, config, total_steps)
+    if accel.distributed_type == DistributedType.DEEPSPEED:
+        accel.state.deepspeed_plugin.deepspeed_config.update(
+            train_micro_batch_size_per_gpu=config.data.batch_size, gradient_accumulation_steps=config.data.grad_accum,
+            gradient_clipping=config.optimizer.max_grad_norm)
+    policy, optimizer = accel.prepare(policy, optimizer)
+    return policy, optimizer, scheduler
 
 
 def weight_dtype(precision: str) -> torch.dtype:

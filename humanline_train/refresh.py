@@ -24,11 +24,14 @@ import dataclasses
 import multiprocessing
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 
 from humanline_data.backends import SamplingParams
 from humanline_data.errors import HumanlineError
+from humanline_train import checkpoint
+from humanline_train.batches import ShardLoader, StepStream
 from humanline_train.export import is_adapter, loadable_model
 
 
@@ -41,7 +44,6 @@ def make_shard(
     scorer: str,
     mode: str,
     sampling: SamplingParams,
-    threshold: float = 0.01,
     backend=None,
     lineage: dict | None = None,
 ) -> Path:
@@ -49,10 +51,10 @@ def make_shard(
 
     ``prompts``: a prompts (or completions/scored) version or dataset; the round takes its
     distinct prompts ``offset .. offset + num_prompts - 1`` modulo their count (all of them, each
-    once, when ``num_prompts`` exceeds the count). ``mode``: pairs, groups or unpaired;
-    ``threshold``: the reward gap a pair needs (pairs/unpaired). Groups keep flat groups (all
-    advantages 0, as TRL's GRPO does), so a round in which no sample beats another still trains
-    (KL term only) instead of ending the run with an empty shard. ``backend``: a loaded backend
+    once, when ``num_prompts`` exceeds the count). ``mode``: pairs, groups or unpaired (a pair
+    needs ``pair.THRESHOLD``'s reward gap). Groups keep flat groups (all advantages 0, as TRL's
+    GRPO does), so a round in which no sample beats another still trains (KL term only)
+    instead of ending the run with an empty shard. ``backend``: a loaded backend
     holding ``model_dir``'s weights (the live engine's), None: load one for this round;
     ``lineage``: more producer keys of the completions (engine, step, weights fingerprint).
     """
@@ -68,7 +70,7 @@ def make_shard(
         backend=backend or "auto", lineage=lineage,
     )
     scored = score(completions, out / "scored", scorer)
-    return build(scored, out / mode, mode=mode, threshold=threshold, keep_flat=(mode == "groups"))
+    return build(scored, out / mode, mode=mode, keep_flat=(mode == "groups"))
 
 
 def write_prompt_slice(prompts, offset: int, num_prompts: int, out: Path) -> Path:
@@ -98,7 +100,8 @@ def write_prompt_slice(prompts, offset: int, num_prompts: int, out: Path) -> Pat
 
 
 class Rounds:
-    """Online rounds of a run: the shard version each segment trains on (SPEC §4).
+    """The shard version each segment of a run trains on, and its optimizer steps: the run's
+    shards offline (one segment), one round's shard per segment online (SPEC §4).
 
     Round ``r`` starts at step ``r * refresh_every`` and trains on prompts
     ``[r * refresh_prompts, (r + 1) * refresh_prompts)``, sampled with the policy at its start
@@ -108,14 +111,55 @@ class Rounds:
     process samples; the others read its record.
     """
 
-    def __init__(self, config, run_dir: Path, model_path: Path, accel) -> None:
-        from humanline_train import checkpoint
-
-        self.config, self.run_dir, self.model_path, self.accel = config, run_dir, model_path, accel
-        self.checkpoint = checkpoint
+    def __init__(self, config, run_dir: Path, model_path: Path, tokenizer, accel) -> None:
+        self.config, self.run_dir, self.model_path, self.tokenizer, self.accel = config, run_dir, model_path, tokenizer, accel
         self.pending: dict[int, Future] = {}
         self.pool: Executor | None = None
         self.engine = None  # live: the run's LiveEngine, loaded from model_path at the first round sampled
+
+    def first_segment(self, data: dict | None, step: int, pinned=None) -> tuple[dict, StepStream]:
+        """The data position ``{shard, segment_start, round}`` a run starts at and its steps from
+        ``step`` on: a resumed run's ``data``, else the run's shards (``pinned``: that version,
+        opened); an online run without them samples round 0 with the initial model now, and an
+        async one starts sampling round 1 with it (round 0 trains meanwhile)."""
+        config, online = self.config, self.config.online
+        data = data or {"shard": config.data.shards, "segment_start": 0, "round": 0}
+        if data["shard"] is None:
+            data["shard"] = str(self.shard_for_round(0, step, self.model_path, online.refresh_every >= config.data.max_steps))
+        elif online.refresh_async and step == 0 and online.refresh_every < config.data.max_steps and self.accel.is_main_process:
+            self.prefetch(1, self.model_path)
+        stream = self.stream(pinned if data["shard"] == config.data.shards else data["shard"], step - data["segment_start"])
+        if not stream.peek(1):
+            raise HumanlineError(f"{stream.loader.version.path}: fewer examples than one optimizer step needs")
+        return data, stream
+
+    def stream(self, shards, start: int = 0) -> StepStream:
+        """This process's optimizer steps of ``shards`` (a version path or an opened version),
+        from its step ``start`` on."""
+        config, data = self.config, self.config.data
+        loader = ShardLoader(
+            shards, config.objective_class, self.tokenizer, batch_size=data.batch_size, max_length=data.max_length,
+            grad_accum=data.grad_accum, seed=data.seed, epochs=None if config.online.refresh_every else data.epochs,
+            drop_last=data.drop_last, process_index=self.accel.process_index, num_processes=self.accel.num_processes,
+        )
+        return StepStream(loader, start)
+
+    def next_round(self, data: dict, step: int, total: int, policy, save: Callable[[], None]) -> tuple[dict, StepStream]:
+        """The data position and steps of the round that starts at ``step`` of ``total``, sampled
+        with ``policy`` as it is now: ``save()`` checkpoints it first where the sampler loads it
+        (reload) or a resumed async run would sample from it again; live, its weights are pushed
+        into the engine (every process gathers them; a LoRA run's are a merged copy, freed here)."""
+        live = self.config.online.refresh_engine == "live"
+        if (not live or self.config.online.refresh_async) and not checkpoint.has_checkpoint(self.run_dir, step):
+            save()
+        weights = checkpoint.policy_weights(policy, self.accel) if live else None
+        saved = checkpoint.has_checkpoint(self.run_dir, step)
+        policy_dir = checkpoint.checkpoint_dir(self.run_dir, step) if saved else self.model_path
+        round_index = data["round"] + 1
+        shard = self.shard_for_round(round_index, step, policy_dir, step + self.config.online.refresh_every >= total, weights)
+        del weights
+        data = {"shard": str(shard), "segment_start": step, "round": round_index}
+        return data, self.stream(data["shard"])
 
     def shard_for_round(self, round_index: int, step: int, policy_dir: Path, last_round: bool = False,
                         weights: dict | None = None) -> Path:
@@ -125,31 +169,24 @@ class Rounds:
         online = self.config.online
         if not self.accel.is_main_process:
             self.accel.wait_for_everyone()
-            return Path(self.checkpoint.read_refreshes(self.run_dir)[round_index])
-        recorded = self.checkpoint.read_refreshes(self.run_dir)
+            return Path(checkpoint.read_refreshes(self.run_dir)[round_index])
+        recorded = checkpoint.read_refreshes(self.run_dir)
         if round_index in recorded:
             shard = Path(recorded[round_index])
         elif round_index in self.pending:
             shard = self.pending.pop(round_index).result()
         elif online.refresh_async and round_index > 0:  # resumed: the background round was lost
             previous = step - online.refresh_every  # its policy is only on disk now: load it for this round
-            source = loadable_model(self.checkpoint.checkpoint_dir(self.run_dir, previous)) if previous > 0 else self.model_path
+            source = loadable_model(checkpoint.checkpoint_dir(self.run_dir, previous)) if previous > 0 else self.model_path
             shard = make_shard(**self._arguments(source, round_index, previous))
         else:
             shard = make_shard(**self._sampling(round_index, step, policy_dir, weights))
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.checkpoint.record_refresh(self.run_dir, round_index, shard)
+        checkpoint.record_refresh(self.run_dir, round_index, shard)
         if online.refresh_async and not last_round and round_index + 1 not in recorded:
             self.prefetch(round_index + 1, policy_dir, step, weights)
         self.accel.wait_for_everyone()
         return shard
-
-    def next_segment(self, data: dict, step: int, policy_dir: Path, total: int, weights: dict | None = None) -> dict:
-        """The data position of the round that starts at ``step`` (``policy_dir``, ``weights``: the policy then)."""
-        round_index = data["round"] + 1
-        last = step + self.config.online.refresh_every >= total
-        shard = self.shard_for_round(round_index, step, policy_dir, last, weights)
-        return {"shard": str(shard), "segment_start": step, "round": round_index}
 
     def prefetch(self, round_index: int, model_dir: Path, step: int = 0, weights: dict | None = None) -> None:
         """Start sampling round ``round_index`` with the policy at ``step`` (``model_dir``,

@@ -44,8 +44,18 @@ class SyncSchedule:
         return self.changes and step == self.segment_start
 
     def sync_after(self, step: int) -> bool:
-        """Whether the humanline sync follows the backward of ``step``."""
+        """Whether the humanline sync follows the backward of ``step`` (its window starts at ``step + 1``)."""
         return self.sync and (step + 1 - self.segment_start) % self.k == 0
+
+    def sync_before_backward(self, step: int) -> bool:
+        """Whether ``step``'s sync runs before its first backward: the engine updates inside
+        backward, and theta_t holds until then (the step's reference log-probs are taken)."""
+        return self.update_in_backward and self.sync_after(step)
+
+    def sync_before_update(self, step: int) -> bool:
+        """Whether ``step``'s sync runs after its backward and gradient clipping, BEFORE
+        ``optimizer.step()`` (SPEC §1)."""
+        return not self.update_in_backward and self.sync_after(step)
 
     def window(self, first: int) -> int:
         """Number of steps from ``first`` that a reference set now serves."""

@@ -33,8 +33,7 @@ from humanline_data.models import resolve_model
 from humanline_data.outputs import check_output
 from humanline_train import checkpoint
 from humanline_train.batches import ShardLoader, Step, StepStream, open_shards
-from humanline_train.logprobs import LogprobModel
-from humanline_train.policy import check_lora, load_policy, make_accelerator, make_optimizer, resolve_precision
+from humanline_train.policy import check_lora, make_accelerator, prepare_training, resolve_precision
 from humanline_train.reference import make_reference
 from humanline_train.refresh import Rounds
 from humanline_train.run_log import RunLog, means, step_row
@@ -62,34 +61,15 @@ def train(config: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
     model_path = resolve_model(config.model.model)
     tokenizer = load_tokenizer(model_path)
     state, reference_state = checkpoint.load(resume_from) if resume_from else ({}, {})
-    rounds = Rounds(config, run_dir, model_path, accel)
     step = state.get("step", 0)
-    data = state.get("data") or {"shard": config.data.shards, "segment_start": 0, "round": 0}
-    if data["shard"] is None:  # online run without a first shard: sample one with the initial model
-        data["shard"] = str(rounds.shard_for_round(0, step, model_path, config.online.refresh_every >= config.data.max_steps))
-    elif config.online.refresh_async and step == 0 and config.online.refresh_every < config.data.max_steps and accel.is_main_process:
-        rounds.prefetch(1, model_path)  # round 1 samples from the initial model while round 0 trains
-    first = pinned if pinned is not None and data["shard"] == config.data.shards else data["shard"]
-    loader = make_loader(config, first, tokenizer, accel)
-    stream = StepStream(loader, step - data["segment_start"])
-    total = planned_steps(config, loader)
-    if not stream.peek(1):
-        raise HumanlineError(f"{loader.version.path}: fewer examples than one optimizer step needs")
-
-    # on CPU, forwards of <= max_length padded tokens (length-sorted) waste less on padding than one wide forward
-    forward_tokens = config.data.max_length if accel.device.type == "cpu" else None
-    policy = LogprobModel(load_policy(model_path, config, resume_from).to(accel.device), forward_tokens=forward_tokens,
-                          layout=config.model.layout)
-    optimizer, scheduler = make_optimizer(policy, config, total)
+    rounds = Rounds(config, run_dir, model_path, tokenizer, accel)
+    data, stream = rounds.first_segment(state.get("data"), step, pinned)
+    total = planned_steps(config, stream.loader)
+    policy, optimizer, scheduler = prepare_training(model_path, config, resume_from, accel, total)
     schedule = SyncSchedule(total, config.humanline.sync, config.humanline.sync_k, config.online.refresh_every,
                             update_in_backward=accel.distributed_type == DistributedType.DEEPSPEED,
                             segment_start=data["segment_start"])
-    if schedule.update_in_backward:  # DeepSpeed reads these from its own config: make them the run's
-        accel.state.deepspeed_plugin.deepspeed_config.update(
-            train_micro_batch_size_per_gpu=config.data.batch_size, gradient_accumulation_steps=config.data.grad_accum,
-            gradient_clipping=config.optimizer.max_grad_norm)
-    policy, optimizer = accel.prepare(policy, optimizer)
-    whole_run = lambda: StepStream(loader.reopened(), step).drain(step, total - step)  # noqa: E731
+    whole_run = lambda: StepStream(stream.loader.reopened(), step).drain(step, total - step)  # noqa: E731
     reference = make_reference(config, policy, accel, model_path, whole_run, resumed=resume_from is not None)
     # from here on the run directory is this run's (main process): created, or cleaned and its metrics cut back
     with checkpoint.held_run_dir(run_dir, None if config.resume else config.settings(), step, accel.is_main_process):
@@ -112,15 +92,7 @@ def train(config: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
             try:
                 while step < total:
                     if schedule.refresh_due(step):
-                        live = config.online.refresh_engine == "live"  # the weights to push (every process gathers)
-                        if (not live or config.online.refresh_async) and not checkpoint.has_checkpoint(run_dir, step):
-                            save()  # the round's sampler loads it (reload), or a resumed async run re-samples from it
-                        weights = checkpoint.policy_weights(policy, accel) if live else None
-                        saved = checkpoint.has_checkpoint(run_dir, step)
-                        data = rounds.next_segment(data, step, checkpoint.checkpoint_dir(run_dir, step) if saved else model_path,
-                                                   total, weights)
-                        del weights  # a LoRA run's merged copy
-                        stream = StepStream(make_loader(config, data["shard"], tokenizer, accel))
+                        data, stream = rounds.next_round(data, step, total, policy, save)
                         schedule.segment_start = step
                     times = dict.fromkeys(("forward", "backward", "reference", "sync"), 0.0)
                     started = time.perf_counter()
@@ -131,14 +103,13 @@ def train(config: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
                         break  # the data ran out before the planned number of steps
                     refs = [reference.logps(step, i, b) for i, b in enumerate(batches.batches)]
                     times["reference"] = time.perf_counter() - started - times["sync"]
-                    sync_due = schedule.sync_after(step)
-                    if sync_due and schedule.update_in_backward:  # the engine updates inside backward: sync now (same theta_t)
+                    if schedule.sync_before_backward(step):
                         sync(step + 1, times)
                     loss, metrics, tokens = run_step(objective, policy, batches, refs, accel, config, times, step, hooks)
                     grad_norm = accel.clip_grad_norm_(policy.parameters(), config.optimizer.max_grad_norm)  # DeepSpeed: None
                     checkpoint.check_finite_step(run_dir, step + 1, loss, grad_norm)
-                    if sync_due and not schedule.update_in_backward:
-                        sync(step + 1, times)  # SPEC §1: after backward and clipping, BEFORE the update
+                    if schedule.sync_before_update(step):
+                        sync(step + 1, times)
                     if "before_step" in hooks:
                         hooks["before_step"](step, policy)
                     lr = scheduler.get_last_lr()[0]
@@ -202,14 +173,6 @@ def _rows(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return batch.input_ids, batch.attention_mask, batch.completion_mask
 
 
-def make_loader(config: TrainConfig, shards, tokenizer, accel) -> ShardLoader:
-    data = config.data
-    return ShardLoader(
-        shards, config.objective_class, tokenizer, batch_size=data.batch_size, max_length=data.max_length,
-        grad_accum=data.grad_accum, seed=data.seed, epochs=None if config.online.refresh_every else data.epochs,
-        drop_last=data.drop_last,
-        process_index=accel.process_index, num_processes=accel.num_processes,
-    )
 
 
 def planned_steps(config: TrainConfig, loader: ShardLoader) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -24,10 +23,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from humanline_data.store import open_version, read_manifest
+from humanline_train.checkpoint import latest_checkpoint, read_refreshes, read_settings
+from humanline_train.export import is_adapter
+from humanline_train.plot import read_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 TOKENIZER_DIR = ROOT / "tests" / "fixtures" / "smollm2_tokenizer"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 WATCH_SECONDS = 5
 
 
@@ -123,8 +126,10 @@ class Steps:
         """The newest checkpoint of ``run_dir`` as a model folder: itself, or for a LoRA run (an
         adapter) the initial model with it merged in (``humanline-train export --merge``, into
         ``run_dir/final-model``)."""
-        checkpoint = final_checkpoint(run_dir)
-        if not (checkpoint / "adapter_config.json").is_file():
+        checkpoint = latest_checkpoint(Path(run_dir))
+        if checkpoint is None:
+            raise StepFailed(f"{run_dir}: no checkpoint")
+        if not is_adapter(checkpoint):
             return checkpoint
         out = Path(run_dir) / "final-model"
         self.run(f"export-{name}", "humanline-train", "export", run_dir, "--step", checkpoint.name.removeprefix("step-"),
@@ -140,46 +145,11 @@ class Steps:
 
     def plot(self, name: str, run_dirs: list, metrics: list[str]) -> Path:
         """PNG of ``metrics`` (those the runs logged) over the runs: ``RUN_DIR/<name>.png``."""
-        logged = {key for d in run_dirs for key in logged_metrics(Path(d))}
+        logged = {key for d in run_dirs for key in read_metrics(Path(d))}
         chosen = [m for m in metrics if m in logged]
         out = self.run_dir / f"{name}.png"
         self.run(f"plot-{name}", "humanline-train", "plot", *run_dirs, "--out", out, "--metrics", ",".join(chosen))
         return out
-
-
-def logged_metrics(run_dir: Path) -> set[str]:
-    """Names of the numeric metrics in the first line of ``run_dir/metrics.jsonl``."""
-    with open(run_dir / "metrics.jsonl") as f:
-        first = json.loads(f.readline())
-    return {k for k, v in first.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def final_checkpoint(run_dir) -> Path:
-    """The checkpoint with the most steps in ``run_dir/checkpoints``."""
-    found = [(int(m.group(1)), p) for p in (Path(run_dir) / "checkpoints").iterdir() if (m := _STEP_DIR.match(p.name))]
-    if not found:
-        raise StepFailed(f"{run_dir}: no checkpoint")
-    return max(found)[1]
-
-
-def prune_checkpoints(run_dir, keep: int = 1) -> None:
-    """Delete every ``checkpoints/step-N`` of ``run_dir`` but the newest ``keep``."""
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return
-    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_DIR.match(p.name)))
-    for _, path in found[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def read_metrics(run_dir) -> list[dict]:
-    """The rows of ``run_dir/metrics.jsonl``."""
-    return [json.loads(line) for line in open(Path(run_dir) / "metrics.jsonl") if line.strip()]
-
-
-def manifest(version) -> dict:
-    """The manifest of a dataset version folder."""
-    return json.loads((Path(version) / "manifest.json").read_text())
 
 
 def round_rewards(run_dir, correct_at: float | None = None) -> list[dict]:
@@ -187,20 +157,18 @@ def round_rewards(run_dir, correct_at: float | None = None) -> list[dict]:
     ``round``, ``step`` (the round's first step), ``end_step`` (after its last), ``shard``, ``scored`` (its parent version),
     ``completions`` (samples generated), ``reward_mean`` and, with ``correct_at``, ``correct_frac``
     (fraction of samples whose reward is at least ``correct_at``)."""
-    import pyarrow.parquet as pq
-
     run_dir = Path(run_dir)
-    settings = json.loads((run_dir / "settings.json").read_text())
+    settings = read_settings(run_dir)
     every, total = settings["online"]["refresh_every"], settings["data"]["max_steps"]
-    rounds = json.loads((run_dir / "refreshes.json").read_text())
     rows = []
-    for index, shard in sorted(((int(k), v) for k, v in rounds.items())):
-        scored = manifest(shard)["parents"][0]["path"]
-        scored_manifest = manifest(scored)
-        row = {"round": index, "step": index * every, "end_step": min((index + 1) * every, total), "shard": shard, "scored": scored,
-               "completions": scored_manifest["rows"], "reward_mean": scored_manifest["stats"]["reward_mean"]}
+    for index, shard in sorted(read_refreshes(run_dir).items()):
+        scored = read_manifest(Path(shard))["parents"][0]["path"]
+        scored_manifest = read_manifest(Path(scored))
+        row = {"round": index, "step": index * every, "end_step": min((index + 1) * every, total), "shard": shard,
+               "scored": scored, "completions": scored_manifest["rows"],
+               "reward_mean": scored_manifest["stats"]["reward_mean"]}
         if correct_at is not None:
-            rewards = [r for f in scored_manifest["files"] for r in pq.read_table(Path(scored) / f["name"], columns=["reward"]).column("reward").to_pylist()]
+            rewards = open_version(scored).read(columns=["reward"]).column("reward").to_pylist()
             row["correct_frac"] = sum(r >= correct_at for r in rewards) / len(rewards) if rewards else None
         rows.append(row)
     return rows

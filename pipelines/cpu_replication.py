@@ -64,10 +64,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from humanline_train.checkpoint import prune  # noqa: E402
+from humanline_train.plot import read_metrics  # noqa: E402
 from pipelines import arithmetic  # noqa: E402
 from pipelines.common import (  # noqa: E402
-    Steps, add_common_flags, cli, fmt, mean_se, prune_checkpoints, read_metrics, round_rewards,
-    start, write_results,
+    Steps, add_common_flags, cli, fmt, mean_se, round_rewards, start, write_results,
 )
 from pipelines.math_reasoning import REWARDS, add_grpo_flags, grpo_settings  # noqa: E402
 from pipelines.rewards import CORRECT_WEIGHT  # noqa: E402
@@ -172,11 +173,11 @@ def run_variant(steps: Steps, args, data: dict, name: str, variant: dict, seed: 
                                args.out / "runs" / tag, keep_checkpoints=args.keep_checkpoints))
     result = steps.evaluate(tag, steps.final_model(tag, run_dir), data["test"], "math", *eval_flags)
     if not args.keep_checkpoints:
-        prune_checkpoints(run_dir)
+        prune(run_dir, keep_last=1)
     rounds = round_rewards(run_dir, CORRECT_WEIGHT / 2)
-    metrics = read_metrics(run_dir)
+    metrics = read_metrics(run_dir)  # metric -> (steps, values)
     late = [r["correct_frac"] for r in rounds if r["step"] >= SECOND_HALF * args.steps] or [rounds[-1]["correct_frac"]]
-    train_seconds = sum(m["train/perf/seconds_step"] for m in metrics)
+    train_seconds = sum(metrics["train/perf/seconds_step"][1])
     if seed == 0:
         steps.inspect(f"{slug(name)}_seed0_round0", rounds[0]["shard"])
     record = {
@@ -184,8 +185,8 @@ def run_variant(steps: Steps, args, data: dict, name: str, variant: dict, seed: 
         "rounds": [{k: r[k] for k in ("round", "step", "end_step", "shard", "completions", "correct_frac")} for r in rounds],
         "completions_generated": sum(r["completions"] for r in rounds),
         "late_sample_accuracy": sum(late) / len(late),
-        "unclamped_frac": [m.get("train/humanline/unclamped_frac") for m in metrics],
-        "clip_frac": [m.get("train/clip_ratio/region_mean") for m in metrics],
+        "unclamped_frac": metrics["train/humanline/unclamped_frac"][1],
+        "clip_frac": metrics["train/clip_ratio/region_mean"][1],
         "train_seconds": round(train_seconds, 1),
         "sampling_seconds": round(steps.seconds[f"train-{tag}"] - train_seconds, 1),  # rounds, start-up, saves
     }

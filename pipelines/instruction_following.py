@@ -39,9 +39,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from humanline_train import objectives  # noqa: E402
-from pipelines.common import (  # noqa: E402
-    SHARED_DATA, Steps, add_common_flags, cli, start, fmt, prune_checkpoints, write_results,
-)
+from humanline_train.checkpoint import prune, read_refreshes  # noqa: E402
+from pipelines.common import SHARED_DATA, add_common_flags, cli, start, fmt, write_results  # noqa: E402
 
 # SPEC §3, instruction following (Llama-3-8B-Instruct, UltraFeedback-ArmoRM, AlpacaEval 2).
 SAMPLES_PER_PROMPT = 8
@@ -194,10 +193,8 @@ def train_settings(args, loss: str, variant: str, data: dict, scorer: str) -> di
 
 def shards_used(run_dir: Path, offline_shard: str | None) -> list[str]:
     """The shard versions a run trained on: the offline shard, or each online round's."""
-    refreshes = run_dir / "refreshes.json"
-    if refreshes.is_file():
-        return [v for _, v in sorted(json.loads(refreshes.read_text()).items(), key=lambda kv: int(kv[0]))]
-    return [offline_shard]
+    rounds = read_refreshes(run_dir)
+    return [shard for _, shard in sorted(rounds.items())] if rounds else [offline_shard]
 
 
 def main(argv=None) -> Path:
@@ -244,7 +241,7 @@ def main(argv=None) -> Path:
                                        run / "runs" / name, keep_checkpoints=args.keep_checkpoints))
             result = steps.evaluate(name, steps.final_model(name, run_dir), data["eval_prompts"], scorer, *eval_flags)
             if not args.keep_checkpoints:
-                prune_checkpoints(run_dir)
+                prune(run_dir, keep_last=1)
             runs[name] = {
                 "loss": loss, "variant": variant, "run_dir": str(run_dir),
                 "shards": shards_used(run_dir, None if variant.startswith("online") else data[SHARD_FOR_LOSS[loss]]),

@@ -34,9 +34,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from humanline_train.checkpoint import prune  # noqa: E402
 from pipelines.common import (  # noqa: E402
-    SHARED_DATA, Steps, add_common_flags, cli, start, fmt, plot_round_rewards, prune_checkpoints,
-    round_rewards, write_results,
+    SHARED_DATA, Steps, add_common_flags, cli, start, fmt, plot_round_rewards, round_rewards, write_results,
 )
 
 REWARDS = Path(__file__).resolve().parent / "rewards.py"
@@ -169,7 +169,7 @@ def main(argv=None) -> Path:
                                    keep_checkpoints=args.keep_checkpoints))
         result = steps.evaluate(name, steps.final_model(name, run_dir), data["test"], "math", *eval_flags)
         if not args.keep_checkpoints:
-            prune_checkpoints(run_dir)
+            prune(run_dir, keep_last=1)
         rounds = round_rewards(run_dir)
         for i, r in enumerate(rounds[:2]):
             steps.inspect(f"{name}_round{i}", r["shard"])

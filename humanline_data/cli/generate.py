@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from humanline_data.backends import BACKENDS
+from humanline_data.backends import BACKENDS, SamplingParams
 from humanline_data.cli.executor_options import executor_options
 
 _OUT = click.option("--out", required=True, type=click.Path(path_type=Path), help="Output dataset <root>/<name>.")
@@ -15,11 +15,14 @@ _OUT = click.option("--out", required=True, type=click.Path(path_type=Path), hel
 @click.command("generate")
 @click.argument("prompts", type=click.Path(path_type=Path))
 @click.option("--model", required=True, help="'smollm2-135m-instruct' (embedded) or a local HF model folder.")
-@click.option("--n", "n", default=8, show_default=True, help="Samples per prompt.")
-@click.option("--temperature", default=0.7, show_default=True, help="Sampling temperature (0 = greedy).")
-@click.option("--top-p", default=0.95, show_default=True, help="Nucleus sampling mass.")
-@click.option("--max-new-tokens", default=512, show_default=True, help="Most tokens per completion (eos counts).")
-@click.option("--seed", default=0, show_default=True, help="Run seed; each sample is seeded from (seed, prompt, index).")
+@click.option("--n", "n", default=SamplingParams.n, show_default=True, help="Samples per prompt.")
+@click.option("--temperature", default=SamplingParams.temperature, show_default=True,
+              help="Sampling temperature (0 = greedy).")
+@click.option("--top-p", default=SamplingParams.top_p, show_default=True, help="Nucleus sampling mass.")
+@click.option("--max-new-tokens", default=SamplingParams.max_new_tokens, show_default=True,
+              help="Most tokens per completion (eos counts).")
+@click.option("--seed", default=SamplingParams.seed, show_default=True,
+              help="Run seed; each sample is seeded from (seed, prompt, index).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="auto = vllm when importable, else transformers.")
 @click.option("--batch-size", default=16, show_default=True,

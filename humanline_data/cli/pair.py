@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from humanline_data.pair import MODES, build
+from humanline_data.pair import MIN_GROUP_SIZE, MODES, THRESHOLD, build
 from humanline_data.store import read_manifest
 
 
@@ -14,9 +14,9 @@ from humanline_data.store import read_manifest
 @click.argument("inp", type=click.Path(path_type=Path))
 @click.option("--mode", type=click.Choice(MODES), default="pairs", show_default=True,
               help="pairs (DPO), groups (GRPO, with advantages) or unpaired (KTO).")
-@click.option("--threshold", type=float, default=0.01, show_default=True,
+@click.option("--threshold", type=float, default=THRESHOLD, show_default=True,
               help="pairs/unpaired: keep a prompt when max - min reward exceeds this.")
-@click.option("--min-group-size", type=int, default=2, show_default=True,
+@click.option("--min-group-size", type=int, default=MIN_GROUP_SIZE, show_default=True,
               help="groups: drop prompts with fewer scored samples.")
 @click.option("--keep-flat", is_flag=True, help="groups: keep groups whose rewards are all equal.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="<root>/<name> to write the next version of.")

@@ -34,7 +34,7 @@ from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn, TimeR
 
 from humanline_data import executors
 from humanline_data.errors import HumanlineError
-from humanline_data.executors import Executor
+from humanline_data.executor_settings import Executor
 from humanline_data.outputs import check_output
 from humanline_data.schema import reward_problem
 from humanline_data.scorers.base import Scorer
@@ -113,7 +113,7 @@ def score(inp: str | os.PathLike, out: str | os.PathLike, scorer: str, batch_siz
 
 
 class BatchScorer:
-    """The score stage's worker (see :mod:`humanline_data.executors`): the scorer ``spec``
+    """The score stage's worker (see :mod:`humanline_data.executor_settings`): the scorer ``spec``
     names, built once; turns a batch of rows (:data:`ROW_KEYS` columns) into a table of
     ``reward`` (float64) and ``reward_components`` (JSON object), one row per input row."""
 

@@ -11,8 +11,8 @@ from humanline_train import losses
 from humanline_train.objectives.base import Objective
 
 
-def ipo_loss(policy_chosen, ref_chosen, chosen_mask, policy_rejected, ref_rejected, rejected_mask,
-             tau: float = 0.1, clip: losses.Clip = None):
+def ipo_loss(policy_chosen, ref_chosen, chosen_mask, policy_rejected, ref_rejected, rejected_mask, *,
+             tau: float, clip: losses.Clip = None):
     """Mean over pairs of (h - 1/(2 tau))^2, h = mean_t d^w_t - mean_t d^l_t (inputs [B, T]).
     Metrics: margin (mean h), accuracy (fraction h > 0), kl, unclamped_frac."""
     d_w, chosen_mask = losses.log_ratios(policy_chosen, ref_chosen, chosen_mask)

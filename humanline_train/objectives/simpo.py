@@ -13,7 +13,7 @@ from humanline_data.ranges import POSITIVE, bounded
 from humanline_train.objectives.base import Objective
 
 
-def simpo_loss(policy_chosen, chosen_mask, policy_rejected, rejected_mask, beta: float = 2.0, gamma: float = 1.0):
+def simpo_loss(policy_chosen, chosen_mask, policy_rejected, rejected_mask, *, beta: float, gamma: float):
     """Mean over pairs of -log sigmoid(beta * (avg logp_w - avg logp_l) - gamma); inputs [B, T],
     averages over each row's completion tokens. Metrics: rewards/chosen, rewards/rejected
     (mean beta * avg logp), margin, accuracy."""

@@ -22,7 +22,7 @@ from test_score import USER_SCORER, _gsm8k_items, _math_items, _swap_answers, er
 from humanline_data import executors
 from humanline_data.backends import GenerationError, SamplingParams
 from humanline_data.errors import HumanlineError
-from humanline_data.executors import Executor
+from humanline_data.executor_settings import Executor
 from humanline_data.generate import ChunkSampler, generate
 from humanline_data.ray_executor import pool_size
 from humanline_data.scorers import score

@@ -13,8 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from humanline_data.store import read_manifest  # noqa: E402
 from pipelines import arithmetic, cpu_replication, instruction_following, math_reasoning  # noqa: E402
-from pipelines.common import StepFailed, Steps, manifest, mean_se  # noqa: E402
+from pipelines.common import StepFailed, Steps, mean_se  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -45,11 +46,16 @@ def assert_common_outputs(run: Path, done: subprocess.CompletedProcess, inspecte
     return results
 
 
+def parent(version: str) -> str:
+    """The first parent version of ``version``."""
+    return read_manifest(version)["parents"][0]["path"]
+
+
 def lineage(version: str) -> list[str]:
     """Kinds from ``version`` down its first parents to the root."""
     kinds = []
     while version:
-        m = manifest(version)
+        m = read_manifest(version)
         kinds.append(m["kind"])
         version = m["parents"][0]["path"] if m["parents"] else None
     return kinds
@@ -73,7 +79,7 @@ def test_instruction_following_dry_run(tmp_path):
             assert kinds[1:3] == ["scored", "completions"] and kinds[-1] == "prompts"
         if "online" in name:  # the second round was sampled by the live engine holding this run's step-1 weights
             assert settings["online"]["refresh_every"] == 1 and len(r["shards"]) == 2
-            sampler = manifest(manifest(manifest(r["shards"][1])["parents"][0]["path"])["parents"][0]["path"])
+            sampler = read_manifest(parent(parent(r["shards"][1])))
             assert (sampler["producer"]["engine"], sampler["producer"]["step"]) == ("live", 1)
             assert len(sampler["producer"]["weights_sha256"]) == 16
         else:
@@ -101,7 +107,7 @@ def test_math_reasoning_dry_run(tmp_path):
         for round_ in r["rounds"]:
             assert lineage(round_["shard"])[:4] == ["groups", "scored", "completions", "prompts"]
             assert lineage(round_["shard"])[-1] == "prompts" and results["data"]["train"] in json.dumps(
-                manifest(manifest(manifest(round_["scored"])["parents"][0]["path"])["parents"][0]["path"])["parents"])
+                read_manifest(parent(parent(round_["scored"])))["parents"])
     assert json.loads((Path(runs["humanline"]["run_dir"]) / "settings.json").read_text())["humanline"]["sync_k"] == 2
     assert_png(run / "curves.png")
     assert_png(run / "rewards.png")

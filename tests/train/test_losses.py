@@ -16,6 +16,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with require
 
 CLIP = (-1.5, 1.5)
 ASYM = (-0.4, 1.1)
+KTO_EVEN = dict(beta=0.1, desirable_weight=1.0, undesirable_weight=1.0)  # the loop checks' weights
+GRPO_EPS = dict(eps_low=0.2, eps_high=0.2)
 
 
 def _batch(B=4, T=7, seed=0, scale=1.5, dtype=torch.float64):
@@ -197,7 +199,7 @@ def test_dpo_at_reference_is_log2_and_float32_for_half_inputs():
     pc, rc, mc = _batch(seed=22, dtype=torch.float32)
     pr, rr, mr = _batch(seed=23, dtype=torch.float32)
     half = [x.detach().to(torch.bfloat16) for x in (pc, pr)]
-    loss, metrics = losses.dpo_loss(half[0], half[0], mc, half[1], half[1], mr, clip=CLIP)
+    loss, metrics = losses.dpo_loss(half[0], half[0], mc, half[1], half[1], mr, beta=0.1, clip=CLIP)
     assert loss.dtype == torch.float32
     assert float(loss) == pytest.approx(math.log(2))
     assert float(metrics["unclamped_frac"]) == 1.0 and float(metrics["kl"]) == 0.0
@@ -238,19 +240,19 @@ def test_kto_kl_rewards_and_reference_point(clip):
     # the reference point shifts every reward: r - z for desirable, z - r for undesirable
     desirable = torch.tensor([True, False, True, False, True])
     z = torch.tensor(max(0.0, float(rewards.mean())), requires_grad=True)
-    loss, metrics = losses.kto_loss(policy, ref, mask, desirable, z, clip=clip)
+    loss, metrics = losses.kto_loss(policy, ref, mask, desirable, z, **KTO_EVEN, clip=clip)
     assert float(loss) == pytest.approx(float(_loop_kto(policy, ref, mask, desirable, float(z), 0.1, 1, 1, clip)))
     assert float(metrics["reference_point"]) == pytest.approx(float(z))
     loss.backward()
     assert z.grad is None  # the reference point is detached
-    higher, _ = losses.kto_loss(policy, ref, mask, torch.ones(5, dtype=torch.bool), float(z) + 1.0, clip=clip)
-    lower, _ = losses.kto_loss(policy, ref, mask, torch.ones(5, dtype=torch.bool), float(z), clip=clip)
+    higher, _ = losses.kto_loss(policy, ref, mask, torch.ones(5, dtype=torch.bool), float(z) + 1.0, **KTO_EVEN, clip=clip)
+    lower, _ = losses.kto_loss(policy, ref, mask, torch.ones(5, dtype=torch.bool), float(z), **KTO_EVEN, clip=clip)
     assert float(higher) > float(lower)  # a higher reference point makes desirable rows costlier
 
 
 def test_kto_metrics_omit_an_empty_group():
     policy, ref, mask = _batch(B=3, seed=32)
-    _, metrics = losses.kto_loss(policy, ref, mask, torch.ones(3, dtype=torch.bool), 0.0)
+    _, metrics = losses.kto_loss(policy, ref, mask, torch.ones(3, dtype=torch.bool), 0.0, **KTO_EVEN)
     assert "rewards/chosen" in metrics and "rewards/rejected" not in metrics
 
 
@@ -316,12 +318,12 @@ def test_grpo_humanline_clip_zeroes_gradient_outside_but_keeps_k3():
     """Outside the clip range only the k3 term (on unclipped log-probs) carries gradient."""
     policy, ref, mask = _batch(B=5, seed=51, scale=2.0)
     adv = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0], dtype=torch.float64)
-    loss, _ = losses.grpo_loss(policy, ref, mask, adv, beta_kl=0.0, clip=CLIP)
+    loss, _ = losses.grpo_loss(policy, ref, mask, adv, beta_kl=0.0, **GRPO_EPS, clip=CLIP)
     g = _grad(loss, policy)
     d = (policy - ref).detach()
     outside = mask & ((d < CLIP[0]) | (d > CLIP[1]))
     assert outside.any() and torch.all(g[outside] == 0)
-    loss_kl, _ = losses.grpo_loss(policy, ref, mask, adv, beta_kl=0.1, clip=CLIP)
+    loss_kl, _ = losses.grpo_loss(policy, ref, mask, adv, beta_kl=0.1, **GRPO_EPS, clip=CLIP)
     g_kl = _grad(loss_kl, policy)
     x = (ref - policy).detach()
     torch.testing.assert_close(g_kl[outside], (0.1 * (1 - torch.exp(x)) / int(mask.sum()))[outside])
@@ -330,7 +332,7 @@ def test_grpo_humanline_clip_zeroes_gradient_outside_but_keeps_k3():
 def test_grpo_at_reference_is_minus_advantage_token_mean():
     policy, _, mask = _batch(B=4, seed=52)
     adv = torch.tensor([1.0, -1.0, 0.5, 2.0], dtype=torch.float64)
-    loss, metrics = losses.grpo_loss(policy, policy.detach(), mask, adv, clip=CLIP)
+    loss, metrics = losses.grpo_loss(policy, policy.detach(), mask, adv, beta_kl=0.01, **GRPO_EPS, clip=CLIP)
     want = -sum(float(adv[b]) * int(mask[b].sum()) for b in range(4)) / int(mask.sum())
     assert float(loss) == pytest.approx(want, rel=1e-12)
     assert float(metrics["clip_frac"]) == 0.0 and float(metrics["kl"]) == 0.0

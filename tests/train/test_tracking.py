@@ -120,3 +120,14 @@ def test_syncs_so_far_count_what_the_schedule_does(sync, k, refresh_every, total
         count += schedule.at_segment_start(step) and step > 0
         count += schedule.sync_after(step)
         assert syncs_through(step + 1, sync, k, refresh_every) == count, step
+
+
+@pytest.mark.parametrize("update_in_backward", [False, True])
+def test_each_sync_runs_before_the_backward_or_before_the_update(update_in_backward):
+    """An engine that updates inside backward (DeepSpeed) syncs before the step's backward; any
+    other after it, before optimizer.step() (SPEC §1). Never both, never neither."""
+    schedule = SyncSchedule(9, True, 2, None, update_in_backward=update_in_backward)
+    before_backward = [step for step in range(9) if schedule.sync_before_backward(step)]
+    before_update = [step for step in range(9) if schedule.sync_before_update(step)]
+    due = [1, 3, 5, 7]  # the steps whose sync sets the reference for the window after them
+    assert (before_backward, before_update) == ((due, []) if update_in_backward else ([], due))
