@@ -78,6 +78,9 @@ def test_eager_attention_takes_an_additive_mask(tiny_model):
     _assert_same(_logps_and_grads(_policy(tiny_model, "eager"), batch, layout="packed"), want)
 
 
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() == "DEFAULT",
+                    reason="torch compiles flex attention for the CPU only with AVX2 or better (not under "
+                           "ATEN_CPU_CAPABILITY=default)")
 def test_flex_attention_takes_a_block_mask(tiny_model):
     """Values only: flex attention has no backward on CPU (compiles once, a few seconds)."""
     batch = BATCHES["dpo-pairs"]()
