@@ -6,8 +6,7 @@ and which single entry of a large tensor rounds worst is a property of the machi
 ``atol`` on a tensor of millions of entries fails on some machine. What float32 arithmetic bounds
 is the error relative to the whole tensor:
 
-    ||actual - expected||_2 <= sqrt(terms) * eps32 * max(||expected||_2, scale * sqrt(entries)),
-    eps32 = 2**-23
+    ||actual - expected||_2 <= sqrt(terms) * eps32 * ||expected||_2,   eps32 = 2**-23
 
 Derivation: float32 rounds every operation with a relative error of at most u = 2**-24 = eps32 / 2.
 A number summed from ``terms`` addends carries at most (terms - 1) * u of their magnitude in the
@@ -16,8 +15,11 @@ like a random walk, sqrt(terms) * u (Higham & Mary, "A new approach to probabili
 error analysis", SIAM J. Sci. Comput. 41(5), 2019). The 2-norm over a tensor averages many such
 errors, so the bound holds for the norm although one entry may exceed it (the failure this rule
 exists for). Each side carries one such error, so the two differ by at most sqrt(terms) * 2u =
-sqrt(terms) * eps32 of the addends' magnitude: the entries' own (``||expected||``), or ``scale``
-per entry where the entries are sums that cancel to well below their addends.
+sqrt(terms) * eps32 of the addends' magnitude. That is the entries' own (``||expected||``) unless
+``scale`` gives it per entry (``||expected||`` becomes ``scale * sqrt(entries)``): for sums that
+cancel to well below their addends (GRPO's losses, a score summed from heads of either sign), and
+for log-probs, whose rounding is that of a log-sum-exp of terms exp(logit - max) <= 1, however
+far below 0 the log-prob itself lies (about -ln 49152 = -10.8 for a random model).
 
 ``terms`` counts the addends whose rounding reaches one compared number along its chain of sums
 (dot products, softmax denominators, the tokens a weight gradient sums over). Through an LM head
@@ -37,20 +39,23 @@ EPS32 = 2.0**-23
 # a loss averages terms of size about 1 (-log sigmoid of a margin near 0 is ln 2; GRPO's
 # advantage x ratio has |advantage| ~ 1), which GRPO's zero-mean advantages cancel to ~0
 LOSS_SCALE = 1.0
+# a log-prob's addends: the log-sum-exp's exp(logit - max) <= 1 (the tiny model's logits are
+# below ~1.3, so their own rounding is no larger)
+LOGPROB_SCALE = 1.0
 
 
-def assert_close_fp32(actual, expected, terms: int, what: str = "values", scale: float = 0.0) -> None:
-    """Assert ``||actual - expected||_2 <= sqrt(terms) * eps32 * max(||expected||_2, scale *
-    sqrt(entries))`` (module doc).
+def assert_close_fp32(actual, expected, terms: int, what: str = "values", scale: float | None = None) -> None:
+    """Assert ``||actual - expected||_2 <= sqrt(terms) * eps32 * ||expected||_2`` (module doc).
 
     ``actual``/``expected``: tensors or sequences of floats of one shape (compared in float64);
-    ``terms``: the addends behind each number; ``scale``: the size of the addends of one entry
-    where entries may cancel below it (0: the entries' own size); ``what`` names the numbers."""
+    ``terms``: the addends behind each number; ``scale``: the size of one entry's addends where
+    it is not the entry's own (then ``||expected||`` is ``scale * sqrt(entries)``); ``what``
+    names the numbers."""
     a = torch.as_tensor(actual).detach().to("cpu", torch.float64)
     e = torch.as_tensor(expected).detach().to("cpu", torch.float64)
     assert a.shape == e.shape, f"{what}: shape {tuple(a.shape)} != {tuple(e.shape)}"
     assert bool(torch.isfinite(a).all() and torch.isfinite(e).all()), f"{what}: not all finite"
-    magnitude = max(float(e.norm()), scale * e.numel() ** 0.5)
+    magnitude = float(e.norm()) if scale is None else scale * e.numel() ** 0.5
     error, bound = float((a - e).norm()), terms**0.5 * EPS32 * magnitude
     assert error <= bound, (
         f"{what}: ||actual - expected|| = {error:.3g} > sqrt({terms}) * eps32 * {magnitude:.3g} = {bound:.3g} "

@@ -10,7 +10,7 @@ from humanline_data.errors import HumanlineError
 from humanline_train.logprobs import completion_logprobs
 
 from conftest import VOCAB, rows_batch
-from tolerances import assert_close_fp32
+from tolerances import LOGPROB_SCALE, assert_close_fp32
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_values_equal_full_log_softmax(model, chunk_tokens, recompute, forward_t
         model, *batch, chunk_tokens=chunk_tokens, recompute=recompute, forward_tokens=forward_tokens
     )
     assert got.dtype == torch.float32 and got.shape == batch[0].shape
-    assert_close_fp32(got, want, VOCAB, "log-probs")
+    assert_close_fp32(got, want, VOCAB, "log-probs", scale=LOGPROB_SCALE)
     assert torch.all(got[~batch[2]] == 0)
 
 
@@ -92,7 +92,7 @@ def test_no_grad_reference_and_row_independence(model):
         both = completion_logprobs(model, *batch)
         alone = completion_logprobs(model, *(x[:1, :7] for x in batch))
     assert not both.requires_grad
-    assert_close_fp32(both[0, :7], alone[0], VOCAB, "log-probs of row 0")
+    assert_close_fp32(both[0, :7], alone[0], VOCAB, "log-probs of row 0", scale=LOGPROB_SCALE)
     assert torch.all(both[0, 7:] == 0)
 
 
@@ -168,7 +168,7 @@ def test_shared_prompts_give_the_full_log_softmax_values_and_the_same_gradients(
     with torch.no_grad():
         want = _reference_logps(m, *batch)
     for key in ((True, None), (True, 20)):
-        assert_close_fp32(results[key][0], want, VOCAB, f"log-probs {key}")
+        assert_close_fp32(results[key][0], want, VOCAB, f"log-probs {key}", scale=LOGPROB_SCALE)
         assert torch.equal(results[key][0] == 0, ~batch[2])  # exactly 0 off the completion tokens
         for name, grad in results[False, None][1].items():
             assert_close_fp32(results[key][1][name], grad, VOCAB, f"gradient of {name} {key}")

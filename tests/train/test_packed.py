@@ -10,7 +10,7 @@ from humanline_data.errors import HumanlineError
 from humanline_train.logprobs import LogprobModel, completion_logprobs, pack_rows
 
 from conftest import VOCAB, rows_batch
-from tolerances import assert_close_fp32
+from tolerances import LOGPROB_SCALE, assert_close_fp32
 
 
 BATCHES = {
@@ -39,7 +39,7 @@ def _logps_and_grads(model, batch, **kwargs):
 
 def _assert_same(got, want):
     (values, grads), (want_values, want_grads) = got, want
-    assert_close_fp32(values, want_values, VOCAB, "log-probs")
+    assert_close_fp32(values, want_values, VOCAB, "log-probs", scale=LOGPROB_SCALE)
     for name, grad in want_grads.items():
         assert_close_fp32(grads[name], grad, VOCAB, f"gradient of {name}")
 
@@ -63,7 +63,7 @@ def test_packed_under_no_grad_and_through_logprob_model(tiny_model):
         want = completion_logprobs(model, *batch)
         got = LogprobModel(model, layout="packed")(*batch)
     assert not got.requires_grad and got.dtype == torch.float32 and got.shape == batch[0].shape
-    assert_close_fp32(got, want, VOCAB, "log-probs")
+    assert_close_fp32(got, want, VOCAB, "log-probs", scale=LOGPROB_SCALE)
 
 
 def test_packed_under_gradient_checkpointing_gives_the_plain_gradients(tiny_model):
@@ -87,7 +87,7 @@ def test_flex_attention_takes_a_block_mask(tiny_model):
     with torch.no_grad():
         want = completion_logprobs(_policy(tiny_model).eval(), *batch)
         got = completion_logprobs(_policy(tiny_model, "flex_attention").eval(), *batch, layout="packed")
-    assert_close_fp32(got, want, VOCAB, "log-probs")
+    assert_close_fp32(got, want, VOCAB, "log-probs", scale=LOGPROB_SCALE)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flex attention's backward needs a GPU")
