@@ -21,6 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 TOKENIZER_DIR = ROOT / "tests" / "fixtures" / "smollm2_tokenizer"
+VOCAB = 49152  # the SmolLM2 tokenizer's vocabulary: the tiny model's and the embedded model's
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +38,7 @@ def make_tiny_model(path: Path, seed: int = 0, layers: int = 2, hidden: int = 64
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=49152,
+        vocab_size=VOCAB,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
@@ -88,7 +89,7 @@ def rows_batch(rows: list[tuple[int, int]], prompt_lengths: list[int], seed: int
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    prompts = [torch.randint(3, 49152, (n,), generator=g) for n in prompt_lengths]
+    prompts = [torch.randint(3, VOCAB, (n,), generator=g) for n in prompt_lengths]
     T = max(len(prompts[p]) + c for p, c in rows) + 2
     input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
     attention = torch.zeros(len(rows), T, dtype=torch.long)
@@ -96,7 +97,7 @@ def rows_batch(rows: list[tuple[int, int]], prompt_lengths: list[int], seed: int
     for r, (p, c) in enumerate(rows):
         n = len(prompts[p])
         input_ids[r, :n] = prompts[p]
-        input_ids[r, n : n + c] = torch.randint(3, 49152, (c,), generator=g)
+        input_ids[r, n : n + c] = torch.randint(3, VOCAB, (c,), generator=g)
         attention[r, : n + c] = 1
         completion[r, n : n + c] = True
     return input_ids, attention, completion

@@ -1,10 +1,13 @@
 """The ``ray`` executor: on a real local 2-CPU Ray cluster (started once for this module),
-generate and score write the same version, row for row, as the local executor; a killed Ray run
+generate and score write the same version, row for row, as the local executor (generate: run
+locally with the actors' torch thread count, see :func:`actor_threads`); a killed Ray run
 resumes; a worker's error is one line; bad executor flags are refused before anything runs."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 import os
 import signal
 import subprocess
@@ -30,6 +33,21 @@ from humanline_data.scorers.math_verifier import MathVerifier
 from humanline_data.store import list_versions, open_version
 
 RAY = Executor("ray", actors=2)
+
+
+@contextlib.contextmanager
+def actor_threads(executor: Executor = RAY):
+    """Run the block with the torch thread count of ``executor``'s actors. Sampling rounds
+    differently with another thread count (``logprob_sum`` in the 6th digit, README "Scaling
+    out"), so a local run compared row for row with the actors' must use their count, not torch's
+    default (the machine's cores). Ray's rule (``ray._private.utils.set_omp_num_threads_if_unset``):
+    an actor inherits OMP_NUM_THREADS when it is set, else gets floor(its CPUs), at least 1."""
+    default = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(math.floor(executor.num_cpus_per_actor), 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(default)
 
 
 @pytest.fixture(scope="module")
@@ -110,14 +128,8 @@ def test_math_timeouts_hold_off_the_main_thread():
 def test_generate_embedded_model_on_ray_equals_local(ray_cluster, shared_data, embedded_model, tmp_path):
     prompts = gsm8k_prompts(shared_data, tmp_path, count=4)
     opts = dict(n=2, max_new_tokens=8, temperature=0.7, top_p=0.95, seed=0, backend="transformers", batch_size=1)
-    # Ray runs a 1-CPU actor with OMP_NUM_THREADS=1; torch's matmuls round differently with
-    # another thread count (logprob_sum in the 6th digit), so the local run uses 1 thread too.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with actor_threads():
         local = generate(prompts, tmp_path / "local", "smollm2-135m-instruct", **opts)
-    finally:
-        torch.set_num_threads(threads)
     on_ray = generate(prompts, tmp_path / "ray", "smollm2-135m-instruct", executor=RAY, **opts)
     same_version(local, on_ray)
     assert open_version(on_ray).read().num_rows == 8 - open_version(on_ray).manifest["stats"]["empty_completions"]
@@ -145,7 +157,8 @@ def test_killed_ray_generate_resumes_to_the_local_result(ray_cluster, shared_dat
 
     resumed = generate(prompts, out, tiny_model, executor=RAY, **opts)  # the same job, run again
     assert open_version(resumed).manifest["stats"]["resumed_chunks"] == written
-    local = generate(prompts, tmp_path / "local", tiny_model, **opts)
+    with actor_threads():
+        local = generate(prompts, tmp_path / "local", tiny_model, **opts)
     same_version(local, resumed, differing_stats=("resumed_chunks",))
     assert not list(out.glob(".partial-*"))
 

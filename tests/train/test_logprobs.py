@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM
 from humanline_data.errors import HumanlineError
 from humanline_train.logprobs import completion_logprobs
 
-from conftest import rows_batch
+from conftest import VOCAB, rows_batch
+from tolerances import LOGPROB_SCALE, assert_close_fp32
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def _batch(prompt_lengths=(3, 5, 2), completion_lengths=(4, 1, 6), pad_id=2, see
     attention = torch.zeros(B, T, dtype=torch.long)
     completion = torch.zeros(B, T, dtype=torch.bool)
     for b, (p, c) in enumerate(zip(prompt_lengths, completion_lengths)):
-        input_ids[b, : p + c] = torch.randint(3, 49152, (p + c,), generator=g)
+        input_ids[b, : p + c] = torch.randint(3, VOCAB, (p + c,), generator=g)
         attention[b, : p + c] = 1
         completion[b, p : p + c] = True
     return input_ids, attention, completion
@@ -59,7 +60,7 @@ def test_values_equal_full_log_softmax(model, chunk_tokens, recompute, forward_t
         model, *batch, chunk_tokens=chunk_tokens, recompute=recompute, forward_tokens=forward_tokens
     )
     assert got.dtype == torch.float32 and got.shape == batch[0].shape
-    torch.testing.assert_close(got.detach().double(), want, atol=1e-5, rtol=1e-5)
+    assert_close_fp32(got, want, VOCAB, "log-probs", scale=LOGPROB_SCALE)
     assert torch.all(got[~batch[2]] == 0)
 
 
@@ -91,7 +92,7 @@ def test_no_grad_reference_and_row_independence(model):
         both = completion_logprobs(model, *batch)
         alone = completion_logprobs(model, *(x[:1, :7] for x in batch))
     assert not both.requires_grad
-    torch.testing.assert_close(both[0, :7], alone[0], atol=1e-5, rtol=1e-5)
+    assert_close_fp32(both[0, :7], alone[0], VOCAB, "log-probs of row 0", scale=LOGPROB_SCALE)
     assert torch.all(both[0, 7:] == 0)
 
 
@@ -105,9 +106,9 @@ def test_gradient_checkpointed_model_gives_the_same_gradients(tiny_model):
             m.gradient_checkpointing_enable()
         m.train()
         completion_logprobs(m, *batch, chunk_tokens=4).sum().backward()
-        grads.append([p.grad for p in m.parameters()])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+        grads.append({name: p.grad for name, p in m.named_parameters()})
+    for name, want in grads[0].items():
+        assert_close_fp32(grads[1][name], want, VOCAB, f"gradient of {name}")
 
 
 def test_length_groups_bound_the_padded_tokens_of_each_forward():
@@ -163,11 +164,11 @@ def test_shared_prompts_give_the_full_log_softmax_values_and_the_same_gradients(
         m = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).train()
         got = completion_logprobs(m, *batch, chunk_tokens=5, share_prompts=share, forward_tokens=forward_tokens)
         (got * weights).sum().backward()
-        results[share, forward_tokens] = got.detach(), [p.grad for p in m.parameters()]
+        results[share, forward_tokens] = got.detach(), {name: p.grad for name, p in m.named_parameters()}
     with torch.no_grad():
         want = _reference_logps(m, *batch)
     for key in ((True, None), (True, 20)):
-        torch.testing.assert_close(results[key][0].double(), want, atol=1e-5, rtol=1e-5)
+        assert_close_fp32(results[key][0], want, VOCAB, f"log-probs {key}", scale=LOGPROB_SCALE)
         assert torch.equal(results[key][0] == 0, ~batch[2])  # exactly 0 off the completion tokens
-        for a, b in zip(results[False, None][1], results[key][1]):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        for name, grad in results[False, None][1].items():
+            assert_close_fp32(results[key][1][name], grad, VOCAB, f"gradient of {name} {key}")

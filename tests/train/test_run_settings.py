@@ -14,7 +14,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import VOCAB
 from real_shards import losses_of, pair_rows, tiny_config, write
+from tolerances import LOSS_SCALE, assert_close_fp32
 from humanline_train.cli import main
 from humanline_train.reference import CachedReference
 from humanline_train.trainer import train
@@ -165,5 +167,5 @@ def test_packed_layout_trains_like_padded(rows, tiny_model, tmp_path, loss):
     runs = {layout: losses_of(train(tiny_config(shards, tiny_model, tmp_path / layout, loss=loss, layout=layout,
                                                  max_steps=3)))
             for layout in ("padded", "packed")}
-    assert runs["packed"] == pytest.approx(runs["padded"], abs=1e-5)
+    assert_close_fp32(runs["packed"], runs["padded"], VOCAB, "losses", scale=LOSS_SCALE)
     assert json.loads((tmp_path / "packed" / "settings.json").read_text())["model"]["layout"] == "packed"
