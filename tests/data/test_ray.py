@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import math
 import os
 import signal
@@ -90,9 +91,9 @@ def test_worker_error_on_ray_is_one_line_and_writes_nothing(ray_cluster, tmp_pat
     good = score(inp, out, f"python:{USER_SCORER}:length_reward", executor=RAY)
     result = run_cli("score", inp, "--scorer", f"python:{USER_SCORER}:not_a_float", "--out", out,
                      "--executor", "ray", "--actors", "1")
-    assert error_line(result) == (
-        f"error: python scorer python:{USER_SCORER}:not_a_float: returned 'good' (str), expected a float"
-    )
+    assert re.fullmatch(
+        rf"error: python scorer python:{re.escape(str(USER_SCORER))}:not_a_float: returned 'good' \(str\), "
+        r"expected a float, at row \(prompt_id [0-9a-f]{16}, sample_idx 0\)", error_line(result))
     result = run_cli("score", inp, "--scorer", f"python:{USER_SCORER}:nan_on_second_row", "--out", out,
                      "--executor", "ray", "--batch-size", "1")
     assert error_line(result).startswith("error: row 1 (prompt_id ")
