@@ -4,6 +4,8 @@
 #   -> GRPO groups -> inspect -> eval before -> humanline GRPO on that stale shard -> eval after.
 # Everything lands under $RUN (default runs/main). Sizes can be shrunk with the env vars below.
 # CONTROL=1 also trains the same stale groups without humanline (plain GRPO) and evaluates it.
+# SEEDS="0 1 2" trains (and controls) once per training seed on the same stale groups; seed 0
+# writes train/ and eval_after.json, seed N > 0 train-sN/ and eval_after-sN.json.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 RUN="${RUN:-runs/main}"
@@ -51,26 +53,30 @@ train() {  # GRPO on the stale groups into $RUN/$1 with the extra flags $2...; p
 step "held-out pass@1 before training"
 evaluate "$MODEL" before
 
-step "train humanline GRPO, LoRA r16 ($EPOCHS epoch(s), sync every step, clip [-1.5, 1.5])"
-FINAL=$(train train --sync-k 1)
-
-step "held-out pass@1 after training"
-evaluate "$FINAL" after
+for SEED in ${SEEDS:-0}; do
+  S=$([ "$SEED" = 0 ] || echo "-s$SEED")
+  step "train humanline GRPO, LoRA r16, seed $SEED ($EPOCHS epoch(s), sync every step, clip [-1.5, 1.5])"
+  FINAL=$(train "train$S" --sync-k 1)
+  step "held-out pass@1 after training (seed $SEED)"
+  evaluate "$FINAL" "after$S"
+  if [ "${CONTROL:-0}" = "1" ]; then
+    step "control: the same stale groups and seed $SEED, plain GRPO (no sync, no clip)"
+    evaluate "$(train "control$S" --no-humanline)" "control$S"
+  fi
+done
 humanline-train plot "$RUN/train" --out "$RUN/train_curves.png" >&2
-if [ "${CONTROL:-0}" = "1" ]; then
-  step "control: the same stale groups and seed, plain GRPO (no sync, no clip)"
-  evaluate "$(train control --no-humanline)" control
-fi
-python - "$RUN" <<'PY'
+python - "$RUN" ${SEEDS:-0} <<'PY'
 import json, math, os, sys
-run = sys.argv[1]
+run, seeds = sys.argv[1], sys.argv[2:]
 b = json.load(open(f"{run}/eval_before.json"))
-for label, name in (("after", "after"), ("control (no humanline)", "control")):
-    if os.path.exists(f"{run}/eval_{name}.json"):
-        a = json.load(open(f"{run}/eval_{name}.json"))
-        gain, se = a["value"] - b["value"], math.hypot(b["se"], a["se"])
-        print(f"held-out pass@1 on {b['count']} problems: before {b['value']:.3f} ± {b['se']:.3f}, "
-              f"{label} {a['value']:.3f} ± {a['se']:.3f}, gain {gain:+.3f} ± {se:.3f} "
-              f"({'>' if gain > 2 * se else 'not >'} 2 SE)")
+for seed in seeds:
+    suffix, tag = ("", "") if seed == "0" else (f"-s{seed}", f" (seed {seed})")
+    for label, name in (("after", "after"), ("control (no humanline)", "control")):
+        if os.path.exists(f"{run}/eval_{name}{suffix}.json"):
+            a = json.load(open(f"{run}/eval_{name}{suffix}.json"))
+            gain, se = a["value"] - b["value"], math.hypot(b["se"], a["se"])
+            print(f"held-out pass@1 on {b['count']} problems: before {b['value']:.3f} ± {b['se']:.3f}, "
+                  f"{label}{tag} {a['value']:.3f} ± {a['se']:.3f}, gain {gain:+.3f} ± {se:.3f} "
+                  f"({'>' if gain > 2 * se else 'not >'} 2 SE)")
 PY
 echo "$RUN"

@@ -180,18 +180,17 @@ def test_embedded_model_dpo_on_real_pairs_lowers_the_loss(shared_data, embedded_
     assert losses[-1] < losses[1] < losses[0]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["kto", "grpo"])
-def test_embedded_model_kto_and_grpo_on_real_data_lower_the_loss(shared_data, embedded_model, tmp_path, monkeypatch, loss):
+def test_kto_and_grpo_on_real_data_lower_the_loss_with_clipping_on(shared_data, tiny_model, tmp_path, loss):
     """Humanline clipping on (sync_k = 4: the reference stays the initial model for the 4 steps),
-    the same micro-batch every step: the loss must fall."""
-    monkeypatch.setenv("HUMANLINE_CACHE", str(Path(embedded_model).parents[1]))
+    the same micro-batch every step: the loss must fall. (The embedded model's learning is shown
+    by the DPO test above and by the main job's GRPO run; here the objective's path is what counts.)"""
     if loss == "kto":
         shard, batch = write(tmp_path / "unpaired", "unpaired", unpaired_rows(pair_rows(shared_data, 2))), 4
     else:
         shard, batch = write(tmp_path / "groups", "groups", group_rows(shared_data, 1)), 3
-    cfg = tiny_config(shard, "smollm2-135m-instruct", tmp_path / "run", loss=loss, batch_size=batch, max_length=256,
-                      epochs=4, max_steps=None, lr=2e-5, sync_k=4)
+    cfg = tiny_config(shard, tiny_model, tmp_path / "run", loss=loss, batch_size=batch, max_length=256,
+                      epochs=4, max_steps=None, lr=1e-3, sync_k=4)
     rows = [json.loads(line) for line in (train(cfg) / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in rows]
     assert len(losses) == 4
