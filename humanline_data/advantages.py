@@ -1,4 +1,4 @@
-"""GRPO's group advantage (SPEC §2), the one home of the formula for pairing and training:
+"""GRPO's group advantage (method.md §5.3), the one home of the formula for pairing and training:
 A_i = (s_i - mean(s)) / (population std(s) + 0.01) within each group of scores."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pairs (DPO), groups (GRPO) and unpaired rows (KTO) from scored completions (SPEC §2, §4).
+"""Pairs (DPO), groups (GRPO) and unpaired rows (KTO) from scored completions (method.md §5, §6).
 
 Modes, from a ``scored`` version with several samples per prompt:
 

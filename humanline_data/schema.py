@@ -7,7 +7,7 @@ prompts      a prompt (chat messages) with an optional reference answer
 completions  one sampled completion of a prompt (``sample_idx`` numbers the samples)
 scored       a completion with its scalar ``reward`` and named reward components
 pairs        chosen / rejected completions of one prompt with their rewards (DPO)
-groups       all scored completions of one prompt with GRPO advantages (SPEC §2)
+groups       all scored completions of one prompt with GRPO advantages (method.md §5.3)
 unpaired     one completion marked desirable or not (KTO)
 ==========  ==========================================================================
 

@@ -372,7 +372,7 @@ def open_shards(path: str | Path, objective) -> store.Version:
 
 def kl_partners(prompt_ids: list[str]) -> list[int | None]:
     """For each example ``i`` of a step, the first ``j`` in ``i+1, i+2, ...`` (mod n) whose prompt
-    differs: KTO's mismatched pair (SPEC §2); None when every example shares ``i``'s prompt."""
+    differs: KTO's mismatched pair (method.md §5.2); None when every example shares ``i``'s prompt."""
     n = len(prompt_ids)
     partners: list[int | None] = []
     for i in range(n):
@@ -396,7 +396,7 @@ def _split_row(row: dict, kind: str, layout: str) -> list[tuple[list[str], bool 
 
 
 def pair_advantages(chosen_reward: float | None, rejected_reward: float | None) -> tuple[float, float]:
-    """GRPO advantages of a pair read as a group of two (SPEC §2): +/-1 when it has no scores."""
+    """GRPO advantages of a pair read as a group of two (method.md §5.3): +/-1 when it has no scores."""
     if chosen_reward is None or rejected_reward is None:
         return 1.0, -1.0
     a_chosen, a_rejected = group_advantages([chosen_reward, rejected_reward], [0, 0])

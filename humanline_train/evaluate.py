@@ -1,4 +1,4 @@
-"""Evaluation of a model on held-out prompts (SPEC §6): pass@1 or win rate, with standard errors.
+"""Evaluation of a model on held-out prompts (method.md §9): pass@1 or win rate, with standard errors.
 
 Both run the data plane's own stages, so evaluation samples and scores exactly as training data
 is made: ``generate`` (``n`` samples per prompt) -> ``score`` -> per-prompt statistics.

@@ -1,4 +1,4 @@
-"""The objectives of SPEC §1-§2 as pure functions over per-token log-probabilities.
+"""The objectives of method.md §1-§5 as pure functions over per-token log-probabilities.
 
 Inputs are per-token log-probs ``[B, T]`` of completion tokens (0 off-mask) for the policy
 (with gradient) and the reference (no gradient needed), and a mask ``[B, T]`` (bool or 0/1)

@@ -140,7 +140,7 @@ def load_policy(model_path: Path, config: TrainConfig, checkpoint: Path | None =
 
 
 def make_optimizer(policy: torch.nn.Module, config: TrainConfig, total_steps: int):
-    """(AdamW over the trainable parameters per SPEC §3, its learning-rate schedule over
+    """(AdamW over the trainable parameters per method.md §8, its learning-rate schedule over
     ``total_steps``: linear warmup from 0, then constant, linear decay or cosine decay to 0 as
     transformers' ``get_scheduler`` makes them)."""
     from transformers import get_scheduler

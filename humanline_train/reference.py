@@ -5,7 +5,7 @@ reference's per-token log-probs of each part of micro-batch ``index`` of optimiz
 ``step``: the trained rows, and KTO's KL rows) and is told when the reference changes by
 ``sync(policy, window)``; the trainer calls neither for a reference-free objective. The trainer calls ``sync`` at a segment start (the first
 step, an online refresh: the reference becomes the current policy) and, under humanline, after
-backward and gradient clipping and *before* ``optimizer.step()`` at each sync point (SPEC §1).
+backward and gradient clipping and *before* ``optimizer.step()`` at each sync point (method.md §2).
 ``window`` yields ``(step, index, batch)`` for every micro-batch that will be trained against
 the reference being set, i.e. up to the next sync point.
 
@@ -14,7 +14,7 @@ none       reference-free objectives: nothing runs
 copy       a second model; ``sync`` loads the policy's state into it (under LoRA a full
            copy of the adapted model, so synced adapters are kept too)
 lookahead  no second model; ``sync`` runs the window's micro-batches through the policy
-           with its current weights (no grad, eval mode) and caches the log-probs (SPEC §5)
+           with its current weights (no grad, eval mode) and caches the log-probs (method.md §7)
 cached     offline runs that never sync: the initial model's log-probs of every sequence of
            the run, computed once and kept on disk keyed by shard manifest sha256, model
            fingerprint and tokenization settings; later runs reuse (and extend) the file

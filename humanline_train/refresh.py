@@ -1,4 +1,4 @@
-"""One online round (SPEC §4): the next slice of prompts -> policy samples -> scores -> shard.
+"""One online round (method.md §6): the next slice of prompts -> policy samples -> scores -> shard.
 
 :func:`make_shard` chains the data plane's own stage functions (the same code the
 ``humanline-data`` CLI runs) and writes one new version into each dataset under ``out``::
@@ -101,7 +101,7 @@ def write_prompt_slice(prompts, offset: int, num_prompts: int, out: Path) -> Pat
 
 class Rounds:
     """The shard version each segment of a run trains on, and its optimizer steps: the run's
-    shards offline (one segment), one round's shard per segment online (SPEC §4).
+    shards offline (one segment), one round's shard per segment online (method.md §6).
 
     Round ``r`` starts at step ``r * refresh_every`` and trains on prompts
     ``[r * refresh_prompts, (r + 1) * refresh_prompts)``, sampled with the policy at its start

@@ -1,4 +1,4 @@
-"""When the reference changes, and which steps each setting of it serves (SPEC §1, §4).
+"""When the reference changes, and which steps each setting of it serves (method.md §2, §4).
 
 The run is cut into *segments*: the whole run offline, one per shard-refresh round online
 (``refresh_every`` steps each). The reference is set
@@ -54,7 +54,7 @@ class SyncSchedule:
 
     def sync_before_update(self, step: int) -> bool:
         """Whether ``step``'s sync runs after its backward and gradient clipping, BEFORE
-        ``optimizer.step()`` (SPEC §1)."""
+        ``optimizer.step()`` (method.md §2)."""
         return not self.update_in_backward and self.sync_after(step)
 
     def window(self, first: int) -> int:

@@ -93,7 +93,7 @@ class HumanlineSettings:
     sync_k: int = opt(1, "Humanline sync every K optimizer steps.", AT_LEAST_1)
     log_eps_p: float = opt(-1.5, "Lower clip bound of a token log-ratio.", NEGATIVE)
     log_eps_r: float = opt(1.5, "Upper clip bound of a token log-ratio.", POSITIVE)
-    reference: str = opt("lookahead", "lookahead: no second model (SPEC §5); copy: a synced second model.",
+    reference: str = opt("lookahead", "lookahead: no second model (docs/method.md §7); copy: a synced second model.",
                          choices=("lookahead", "copy"))
 
     @property

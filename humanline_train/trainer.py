@@ -7,7 +7,7 @@ One optimizer step ``t`` (0-based; metrics and checkpoints count completed steps
 3. the step's reference log-probs, then :func:`run_step`: every micro-batch's forward,
    the objective's loss weighted by its share of the step, ``backward``;
 4. clip the gradient (averaged across processes by the ``accelerator.prepare`` wrapper);
-5. the humanline sync when due (SPEC §1): AFTER backward and clipping, BEFORE the update;
+5. the humanline sync when due (method.md §2): AFTER backward and clipping, BEFORE the update;
 6. ``optimizer.step()``, ``scheduler.step()``; one line of metrics; checkpoint when due.
 
 Everything a run is built from lives elsewhere: settings (``settings``), objectives

@@ -15,7 +15,7 @@ Chain (every step a ``humanline-data`` / ``humanline-train`` command, listed in
    temperature 0.7, top-p 0.95; score them with the reward model (``rm:<folder>``);
 3. pair (highest vs lowest reward, gap > 0.01): ``pairs`` for DPO and GRPO (a pair is a group
    of two), ``unpaired`` (the pairs split) for KTO;
-4. for each loss and each variant of SPEC §1 (offline, online = refresh every 32 steps,
+4. for each loss and each variant of method.md §4 (offline, online = refresh every 32 steps,
    offline+humanline, online+humanline): ``humanline-train``; online rounds sample
    ``--refresh-prompts`` prompts of the same prompt set with the current policy;
 5. evaluate the initial model and every trained model: greedy answers to the AlpacaEval
@@ -25,7 +25,7 @@ Chain (every step a ``humanline-data`` / ``humanline-train`` command, listed in
 Outputs in RUN_DIR: ``results.json``, ``results.md`` (a table), ``curves_<loss>.png``
 (training curves of the four variants), ``inspect_<dataset>.txt`` (diagnostics of every shard
 used), ``data/`` (the versions), ``runs/<loss>-<variant>/`` (trainer run directories),
-``evals/`` and ``logs/``. Defaults are SPEC §3's; sizes for a dry run are shrunk, the
+``evals/`` and ``logs/``. Defaults are method.md §8's; sizes for a dry run are shrunk, the
 hyperparameters are not.
 """
 
@@ -42,7 +42,7 @@ from humanline_train import objectives  # noqa: E402
 from humanline_train.checkpoint import prune, read_refreshes  # noqa: E402
 from pipelines.common import SHARED_DATA, add_common_flags, cli, start, fmt, write_results  # noqa: E402
 
-# SPEC §3, instruction following (Llama-3-8B-Instruct, UltraFeedback-ArmoRM, AlpacaEval 2).
+# method.md §8, instruction following (Llama-3-8B-Instruct, UltraFeedback-ArmoRM, AlpacaEval 2).
 SAMPLES_PER_PROMPT = 8
 TEMPERATURE = 0.7
 TOP_P = 0.95
@@ -62,8 +62,8 @@ GRPO_BETA_KL = 0.01
 LOG_EPS_P, LOG_EPS_R = -1.5, 1.5
 SYNC_K = 1
 REFRESH_EVERY = 32  # online: steps between refreshes
-REFRESH_PROMPTS = 1024  # SPEC §4: prompts per online round
-# Not fixed by SPEC: the longest sampled answer, and the evaluation's sampling (greedy).
+REFRESH_PROMPTS = 1024  # method.md §6: prompts per online round
+# Not fixed by method.md §8: the longest sampled answer, and the evaluation's sampling (greedy).
 MAX_NEW_TOKENS = 1024
 UF_HUB = "princeton-nlp/llama3-ultrafeedback-armorm"
 
@@ -95,7 +95,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threshold", type=float, default=PAIR_THRESHOLD, help="Reward gap a pair needs.")
     p.add_argument("--losses", default=",".join(LOSSES), help="Comma-separated subset of dpo,kto,grpo.")
     p.add_argument("--variants", default=",".join(VARIANTS), help="Comma-separated subset of " + ",".join(VARIANTS))
-    p.add_argument("--steps", type=int, help="Optimizer steps per run (default: the SPEC's examples / batch, 1 epoch).")
+    p.add_argument("--steps", type=int, help="Optimizer steps per run (default: method.md §8's examples / batch, 1 epoch).")
     p.add_argument("--micro-batch", type=int, default=None, help="Examples per micro-batch (grad accumulation fills the batch).")
     p.add_argument("--lr-offline", type=float, default=LR_OFFLINE)
     p.add_argument("--lr-online", type=float, default=LR_ONLINE)

@@ -40,21 +40,21 @@ from pipelines.common import (  # noqa: E402
 )
 
 REWARDS = Path(__file__).resolve().parent / "rewards.py"
-# SPEC §3, math (Qwen2.5-1.5B-Instruct, MATH train 12K, MATH500).
+# method.md §8, math (Qwen2.5-1.5B-Instruct, MATH train 12K, MATH500).
 LR = 1e-6
 GENERATIONS = 8
 TEMPERATURE = 0.7
-TOP_P = 1.0  # not in SPEC: open-r1/TRL's default
+TOP_P = 1.0  # not fixed by method.md §8: open-r1/TRL's default
 MAX_COMPLETION = 2048
 STEPS = 1600
 COMPLETIONS_PER_STEP = 256
 OFFLINE_SAMPLE_EVERY = 64  # "64x less frequent sampling"
-HUMANLINE_SYNC_K = 16  # SPEC: 12-25 (every step collapsed the reward)
+HUMANLINE_SYNC_K = 16  # method.md §8: 12-25 (every step collapsed the reward)
 LOG_EPS_P, LOG_EPS_R = -1.5, 1.5
 GRPO_EPS = 0.2
 GRPO_BETA_KL = 1e-4
 MAX_GRAD_NORM = 1.0
-MAX_PROMPT_TOKENS = 1024  # not in SPEC: room for the prompt in --max-length
+MAX_PROMPT_TOKENS = 1024  # not fixed by method.md §8: room for the prompt in --max-length
 CURVES = ["train/loss", "train/kl", "train/humanline/unclamped_frac", "train/clip_ratio/region_mean", "train/grad_norm",
           "train/grpo/advantage"]
 

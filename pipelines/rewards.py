@@ -1,6 +1,6 @@
 """Reward functions of the math recipes, for ``--scorer python:pipelines/rewards.py:<function>``.
 
-The paper's math runs (SPEC §3) reward answer correctness (weight 8, checked by a math
+The paper's math runs (method.md §8) reward answer correctness (weight 8, checked by a math
 verifier) plus format (weight 1). Here correctness and format come from the project's math
 scorer (``humanline_data.scorers.math_verifier.score_answers``): format is 1 when the
 completion states its final answer with an explicit marker (``\\boxed{}``, ``####``, "the

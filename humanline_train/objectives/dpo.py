@@ -1,4 +1,4 @@
-"""DPO (SPEC §2): -log sigmoid(beta (r_w - r_l)) on pairs, chosen and rejected in one forward."""
+"""DPO (method.md §5.1): -log sigmoid(beta (r_w - r_l)) on pairs, chosen and rejected in one forward."""
 
 from __future__ import annotations
 

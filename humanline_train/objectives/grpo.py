@@ -1,4 +1,4 @@
-"""GRPO (SPEC §2): PPO-clipped ratio against the reference, k3 KL, DAPO token mean over the
+"""GRPO (method.md §5.3): PPO-clipped ratio against the reference, k3 KL, DAPO token mean over the
 whole optimizer step (the trainer weights each micro-batch by its share of the step's tokens)."""
 
 from __future__ import annotations

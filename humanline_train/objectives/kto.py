@@ -1,4 +1,4 @@
-"""KTO (SPEC §2) on unpaired examples; pairs are split (chosen desirable, rejected undesirable).
+"""KTO (method.md §5.2) on unpaired examples; pairs are split (chosen desirable, rejected undesirable).
 
 The reference point z = max(0, mean KL-row reward over the whole optimizer step, all
 processes), detached; KL rows pair each example's prompt with the completion of the next

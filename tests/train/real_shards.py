@@ -2,7 +2,7 @@
 
 - pairs: LLaMA-Factory's chat preference pairs (chat_pairs_demo.json), no scores.
 - groups: GSM8K problems, each with its own worked answer (reward 1) and the answers of the
-  next two problems (reward 0); advantages by SPEC §2's group formula.
+  next two problems (reward 0); advantages by method.md §5.3's group formula.
 - unpaired: the pairs split (chosen desirable, rejected undesirable).
 """
 

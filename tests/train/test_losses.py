@@ -1,4 +1,4 @@
-"""The losses of humanline_train.losses against plain loop versions written from SPEC §1-§2."""
+"""The losses of humanline_train.losses against plain loop versions written from method.md §1-§5."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reference placement (SPEC §1) and the equality of the copy, look-ahead and cached references."""
+"""Reference placement (method.md §2) and the equality of the copy, look-ahead and cached references."""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def test_groups_round_in_a_separate_process_has_full_lineage(tiny_model, gsm8k, 
     assert ids == all_ids[:2]
     groups = version.read().to_pylist()
     assert groups and {g["prompt_id"] for g in groups} <= set(ids)
-    for g in groups:  # rewards are the completion lengths / 100; advantages follow SPEC §2
+    for g in groups:  # rewards are the completion lengths / 100; advantages follow method.md §5.3
         assert g["rewards"] == pytest.approx([len(c) / 100 for c in g["completions"]])
         mean = sum(g["rewards"]) / len(g["rewards"])
         std = (sum((r - mean) ** 2 for r in g["rewards"]) / len(g["rewards"])) ** 0.5

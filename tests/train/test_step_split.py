@@ -1,4 +1,4 @@
-"""One optimizer step is one update however it is split (SPEC §2: GRPO's token mean and KTO's
+"""One optimizer step is one update however it is split (method.md §5.2, §5.3: GRPO's token mean and KTO's
 reference point are over the whole step), and the step-wide statistics the objectives need."""
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ def test_syncs_so_far_count_what_the_schedule_does(sync, k, refresh_every, total
 @pytest.mark.parametrize("update_in_backward", [False, True])
 def test_each_sync_runs_before_the_backward_or_before_the_update(update_in_backward):
     """An engine that updates inside backward (DeepSpeed) syncs before the step's backward; any
-    other after it, before optimizer.step() (SPEC §1). Never both, never neither."""
+    other after it, before optimizer.step() (method.md §2). Never both, never neither."""
     schedule = SyncSchedule(9, True, 2, None, update_in_backward=update_in_backward)
     before_backward = [step for step in range(9) if schedule.sync_before_backward(step)]
     before_update = [step for step in range(9) if schedule.sync_before_update(step)]
