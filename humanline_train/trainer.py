@@ -47,86 +47,113 @@ def train(config: TrainConfig, hooks: dict[str, Hook] | None = None) -> Path:
     """Run (or resume) training; return RUN_DIR. ``hooks`` (tests): ``reference(step, index,
     batch, ref_parts, policy_parts)`` per micro-batch, ``before_step(step, policy)`` right
     before ``optimizer.step()``."""
-    hooks = hooks or {}
-    pinned = check_config(config)  # the shard version, opened and checked once
-    accel = make_accelerator(config)
-    check_distributed(config, accel)
-    run_dir = Path(config.out)
-    resume_from = checkpoint.check_resume(run_dir, config.settings()) if config.resume else None
-    if not config.resume:
-        checkpoint.check_new_run_dir(run_dir)
-    accel.wait_for_everyone()  # every process has checked before the main one creates anything
-    _seed_everything(config.data.seed)
-    objective = config.objective_class(config.objective, config.humanline.clip_range)
-    model_path = resolve_model(config.model.model)
-    tokenizer = load_tokenizer(model_path)
-    state, reference_state = checkpoint.load(resume_from) if resume_from else ({}, {})
-    step = state.get("step", 0)
-    rounds = Rounds(config, run_dir, model_path, tokenizer, accel)
-    data, stream = rounds.first_segment(state.get("data"), step, pinned)
-    total = planned_steps(config, stream.loader)
-    policy, optimizer, scheduler = prepare_training(model_path, config, resume_from, accel, total)
-    schedule = SyncSchedule(total, config.humanline.sync, config.humanline.sync_k, config.online.refresh_every,
-                            update_in_backward=accel.distributed_type == DistributedType.DEEPSPEED,
-                            segment_start=data["segment_start"])
-    whole_run = lambda: StepStream(stream.loader.reopened(), step).drain(step, total - step)  # noqa: E731
-    reference = make_reference(config, policy, accel, model_path, whole_run, resumed=resume_from is not None)
+    run = Training(config, hooks or {})
     # from here on the run directory is this run's (main process): created, or cleaned and its metrics cut back
-    with checkpoint.held_run_dir(run_dir, None if config.resume else config.settings(), step, accel.is_main_process):
-        if resume_from:
-            checkpoint.restore(resume_from, state, reference_state, optimizer, scheduler, reference, accel)
-
-        def save() -> None:
-            state = checkpoint.trainer_state(config, step, optimizer, scheduler, data)
-            checkpoint.save_run(run_dir, step, policy, tokenizer, state, reference, accel)
-            if accel.is_main_process:
-                checkpoint.prune(run_dir, config.run.keep_last, protect={data["segment_start"], step})
-
-        def sync(first: int, times: dict[str, float]) -> None:
-            """The reference becomes the current weights for the steps of ``first``'s window."""
-            started = time.perf_counter()
-            reference.sync(policy, stream.numbered(first, schedule.window(first)))
-            times["sync"] += time.perf_counter() - started
-
-        with RunLog(config, accel, total, step) as log:
+    with checkpoint.held_run_dir(run.run_dir, None if config.resume else config.settings(), run.step,
+                                 run.accel.is_main_process):
+        run.restore()
+        with RunLog(config, run.accel, run.total, run.step) as log:
             try:
-                while step < total:
-                    if schedule.refresh_due(step):
-                        data, stream = rounds.next_round(data, step, total, policy, save)
-                        schedule.segment_start = step
-                    times = dict.fromkeys(("forward", "backward", "reference", "sync"), 0.0)
-                    started = time.perf_counter()
-                    if schedule.at_segment_start(step):
-                        sync(step, times)
-                    batches = stream.next()
-                    if batches is None:
-                        break  # the data ran out before the planned number of steps
-                    refs = [reference.logps(step, i, b) for i, b in enumerate(batches.batches)]
-                    times["reference"] = time.perf_counter() - started - times["sync"]
-                    if schedule.sync_before_backward(step):
-                        sync(step + 1, times)
-                    loss, metrics, tokens = run_step(objective, policy, batches, refs, accel, config, times, step, hooks)
-                    grad_norm = accel.clip_grad_norm_(policy.parameters(), config.optimizer.max_grad_norm)  # DeepSpeed: None
-                    checkpoint.check_finite_step(run_dir, step + 1, loss, grad_norm)
-                    if schedule.sync_before_update(step):
-                        sync(step + 1, times)
-                    if "before_step" in hooks:
-                        hooks["before_step"](step, policy)
-                    lr = scheduler.get_last_lr()[0]
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    log.write(step_row(step, loss, metrics, grad_norm, lr, tokens, times, time.perf_counter() - started,
-                                       stream.loader.truncation, data["round"]))
-                    if step == total or (config.run.save_every and step % config.run.save_every == 0):
-                        save()
-                if not checkpoint.has_checkpoint(run_dir, step):
-                    save()
+                while run.step < run.total and run.take_step(log):
+                    pass
+                if not checkpoint.has_checkpoint(run.run_dir, run.step):
+                    run.save()
             finally:
-                rounds.close()
-        log.report_truncation(stream.loader.truncation, config.data.max_length)
-    return run_dir
+                run.rounds.close()
+        log.report_truncation(run.stream.loader.truncation, config.data.max_length)
+    return run.run_dir
+
+
+class Training:
+    """One run's live parts, built from its config (a recipe, as torchtune's): the accelerator,
+    the run directory and the checkpoint it resumes from, the data (online rounds and the step
+    stream), the policy, optimizer and scheduler, the reference and its sync schedule, and
+    ``step``, the optimizer steps completed. :func:`train` drives it step by step."""
+
+    def __init__(self, config: TrainConfig, hooks: dict[str, Hook]):
+        self.config, self.hooks = config, hooks
+        pinned = check_config(config)  # the shard version, opened and checked once
+        self.accel = accel = make_accelerator(config)
+        check_distributed(config, accel)
+        self.run_dir = Path(config.out)
+        self.resume_from = checkpoint.check_resume(self.run_dir, config.settings()) if config.resume else None
+        if not config.resume:
+            checkpoint.check_new_run_dir(self.run_dir)
+        accel.wait_for_everyone()  # every process has checked before the main one creates anything
+        _seed_everything(config.data.seed)
+        self.objective = config.objective_class(config.objective, config.humanline.clip_range)
+        model_path = resolve_model(config.model.model)
+        self.tokenizer = load_tokenizer(model_path)
+        self.saved = checkpoint.load(self.resume_from) if self.resume_from else ({}, {})  # trainer, reference state
+        self.step = self.saved[0].get("step", 0)
+        self.rounds = Rounds(config, self.run_dir, model_path, self.tokenizer, accel)
+        self.data, self.stream = self.rounds.first_segment(self.saved[0].get("data"), self.step, pinned)
+        self.total = planned_steps(config, self.stream.loader)
+        self.policy, self.optimizer, self.scheduler = prepare_training(model_path, config, self.resume_from, accel,
+                                                                       self.total)
+        self.schedule = SyncSchedule(self.total, config.humanline.sync, config.humanline.sync_k,
+                                     config.online.refresh_every,
+                                     update_in_backward=accel.distributed_type == DistributedType.DEEPSPEED,
+                                     segment_start=self.data["segment_start"])
+        self.reference = make_reference(config, self.policy, accel, model_path, self._rest_of_run,
+                                        resumed=self.resume_from is not None)
+
+    def _rest_of_run(self):
+        """The steps still to run, from a fresh pass over the current shards."""
+        return StepStream(self.stream.loader.reopened(), self.step).drain(self.step, self.total - self.step)
+
+    def restore(self) -> None:
+        """Resuming: the optimizer, scheduler and reference as the checkpoint left them."""
+        if self.resume_from:
+            checkpoint.restore(self.resume_from, *self.saved, self.optimizer, self.scheduler, self.reference, self.accel)
+
+    def save(self) -> None:
+        state = checkpoint.trainer_state(self.config, self.step, self.optimizer, self.scheduler, self.data)
+        checkpoint.save_run(self.run_dir, self.step, self.policy, self.tokenizer, state, self.reference, self.accel)
+        if self.accel.is_main_process:
+            checkpoint.prune(self.run_dir, self.config.run.keep_last, protect={self.data["segment_start"], self.step})
+
+    def sync(self, first: int, times: dict[str, float]) -> None:
+        """The reference becomes the current weights for the steps of ``first``'s window."""
+        started = time.perf_counter()
+        self.reference.sync(self.policy, self.stream.numbered(first, self.schedule.window(first)))
+        times["sync"] += time.perf_counter() - started
+
+    def take_step(self, log: RunLog) -> bool:
+        """One optimizer step (the module doc's 1-6) and its metrics line; a checkpoint when due.
+        False when the data ran out before it."""
+        step, schedule, times = self.step, self.schedule, dict.fromkeys(("forward", "backward", "reference", "sync"), 0.0)
+        if schedule.refresh_due(step):
+            self.data, self.stream = self.rounds.next_round(self.data, step, self.total, self.policy, self.save)
+            schedule.segment_start = step
+        started = time.perf_counter()
+        if schedule.at_segment_start(step):
+            self.sync(step, times)
+        batches = self.stream.next()
+        if batches is None:
+            return False
+        refs = [self.reference.logps(step, i, b) for i, b in enumerate(batches.batches)]
+        times["reference"] = time.perf_counter() - started - times["sync"]
+        if schedule.sync_before_backward(step):
+            self.sync(step + 1, times)
+        loss, metrics, tokens = run_step(self.objective, self.policy, batches, refs, self.accel, self.config, times, step,
+                                         self.hooks)
+        grad_norm = self.accel.clip_grad_norm_(self.policy.parameters(), self.config.optimizer.max_grad_norm)  # DeepSpeed: None
+        checkpoint.check_finite_step(self.run_dir, step + 1, loss, grad_norm)
+        if schedule.sync_before_update(step):
+            self.sync(step + 1, times)
+        if "before_step" in self.hooks:
+            self.hooks["before_step"](step, self.policy)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step = step + 1
+        log.write(step_row(self.step, loss, metrics, grad_norm, lr, tokens, times, time.perf_counter() - started,
+                           self.stream.loader.truncation, self.data["round"]))
+        if self.step == self.total or (self.config.run.save_every and self.step % self.config.run.save_every == 0):
+            self.save()
+        return True
 
 
 def run_step(objective, policy, step: Step, refs: list, accel, config: TrainConfig, times: dict, index: int,
