@@ -14,6 +14,7 @@ SAMPLES="${SAMPLES:-8}"         # completions per training problem (one GRPO gro
 EVAL="${EVAL:-300}"             # held-out problems for greedy pass@1
 EPOCHS="${EPOCHS:-1}"           # passes of humanline GRPO over the stale groups (BATCH completions a step)
 MAXTOK="${MAXTOK:-16}"          # max new tokens when sampling and evaluating
+LR="${LR:-1e-4}"                # learning rate (LoRA r16); at 2e-4 a run collapsed to repeating a word
 MODEL=smollm2-135m-instruct
 DATA="$RUN/data"
 mkdir -p "$RUN"
@@ -46,7 +47,7 @@ evaluate() {  # greedy pass@1 of model $1 on the held-out problems into $RUN/eva
 }
 train() {  # GRPO on the stale groups into $RUN/$1 with the extra flags $2...; prints its final model (LoRA merged)
   local out="$RUN/$1"; shift
-  humanline-train train --shards "$GROUPED" --loss grpo --model "$MODEL" --out "$out" --lora-r 16 --lr "${LR:-2e-4}" \
+  humanline-train train --shards "$GROUPED" --loss grpo --model "$MODEL" --out "$out" --lora-r 16 --lr "$LR" \
     --epochs "$EPOCHS" --batch-size "${BATCH:-8}" --max-length 96 --seed "${SEED:-0}" "$@" >&2
   humanline-train export "$out" --merge --out "$out-final" | last
 }
