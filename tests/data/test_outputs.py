@@ -62,7 +62,7 @@ def refused(path, role: str, *needles: str) -> str:
     ("ds_link/new", ["ds_link/new: lies inside the dataset folder /", "/ds_link (it holds versions)"]),
     ("data/p/v1/../new", ["lies inside the dataset folder /", "/data/p (it holds versions)"]),
     ("loop", ["loop: cannot use as the"]),
-    ("n" * 5000, ["cannot use as the", "(File name too long)"]),
+    ("n" * 5000, ["cannot use as the", "(File name too long, ENAMETOOLONG)"]),
     ("a\0b", ["cannot use as the", "(embedded null byte)"]),
 ])
 def test_refused_for_every_role(tree, role, path, needles):
