@@ -14,6 +14,7 @@ SAMPLES="${SAMPLES:-8}"         # completions per training problem (one GRPO gro
 EVAL="${EVAL:-300}"             # held-out problems for greedy pass@1
 EPOCHS="${EPOCHS:-1}"           # passes of humanline GRPO over the stale groups (BATCH completions a step)
 MAXTOK="${MAXTOK:-16}"          # max new tokens when sampling and evaluating
+SAMPLE_SEED="${SAMPLE_SEED:-0}" # seed of the sampling (another seed: another stale shard)
 LR="${LR:-1e-4}"                # learning rate (LoRA r16); at 2e-4 a run collapsed to repeating a word
 MODEL=smollm2-135m-instruct
 DATA="$RUN/data"
@@ -29,7 +30,7 @@ TEST_P=$(humanline-data import "$RUN/task/test.jsonl" --format prompts --split t
 
 step "generate $SAMPLES samples per training problem with $MODEL (once: the stale shard)"
 COMP=$(humanline-data generate "$TRAIN_P" --model "$MODEL" --n "$SAMPLES" --temperature 0.7 --top-p 0.95 \
-  --max-new-tokens "$MAXTOK" --seed 0 --out "$DATA/completions" | last)
+  --max-new-tokens "$MAXTOK" --seed "$SAMPLE_SEED" --out "$DATA/completions" | last)
 
 step "score: math-verified correctness"
 SCORED=$(humanline-data score "$COMP" --scorer math --out "$DATA/scored" | last)
