@@ -3,6 +3,7 @@ trainer), their flags, and their one-line errors."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from humanline_data.store import read_manifest  # noqa: E402
+from humanline_data.store import open_version, read_manifest  # noqa: E402
 from pipelines import arithmetic, cpu_replication, instruction_following, math_reasoning  # noqa: E402
 from pipelines.common import StepFailed, Steps, mean_se  # noqa: E402
 
@@ -44,6 +45,11 @@ def assert_common_outputs(run: Path, done: subprocess.CompletedProcess, inspecte
     commands = (run / "commands.sh").read_text().splitlines()
     assert any(c.startswith("humanline-train ") for c in commands)
     return results
+
+
+def read_version(version: str):
+    """The rows of a data version (a pyarrow table)."""
+    return open_version(version).read()
 
 
 def parent(version: str) -> str:
@@ -115,48 +121,66 @@ def test_math_reasoning_dry_run(tmp_path):
 
 @pytest.mark.slow
 def test_cpu_replication_dry_run(tmp_path):
+    """The gpu scale's path (MATH train, MATH500) at dry-run sizes: every arm of the design, run
+    with its sampling interval and humanline halves, evaluated per problem and reported."""
     run = tmp_path / "cpu"
-    done = run_recipe("cpu_replication", run, "--dry-run", "--workers", "2")
-    phase_one = ["online", "stale2", "stale2+humanline k=1", "stale2+humanline k=2", "offline"]
-    first_shards = [f"{cpu_replication.slug(n)}_seed0_round0" for n in phase_one]
-    results = assert_common_outputs(run, done, ["train", "test", *first_shards])
-    k = results["best_k"]
+    done = run_recipe("cpu_replication", run, "--dry-run", "--scale", "gpu", "--workers", "2", "--publish", tmp_path / "pub")
+    plain = ["online", "stale2", "offline"]
+    results = assert_common_outputs(run, done, ["train", "test", *[f"{n}_seed0_round0" for n in plain]])
+    assert results["best_k"] == 2 and results["settings"]["task"] == "math"
     summary = results["variants"]
-    assert list(summary) == phase_one + [f"stale2+sync only k={k}", "stale2+clip only", f"offline+humanline k={k}"]
+    assert list(summary) == ["online", "stale2", "stale2+humanline k=2", "offline", "offline+humanline k=2",
+                             "stale2+sync only k=2", "stale2+clip only", "offline+sync only k=2", "offline+clip only"]
+    assert results["runs_finished"] == results["runs_in_design"] == 9 and "9 of the design's 9 runs" in results["status"]
     assert {s["completions_generated"] for s in summary.values()} == {8}  # 4 steps x 1 prompt x 2 samples each
     # the trainer ran each variant with its sampling interval and humanline halves
-    expected = {"online": (1, False, False, None), "stale2": (2, False, False, None), "offline": (4, False, False, None),
-                "stale2+humanline k=1": (2, True, True, 1), "stale2+humanline k=2": (2, True, True, 2),
-                f"stale2+sync only k={k}": (2, True, False, k), "stale2+clip only": (2, False, True, None),
-                f"offline+humanline k={k}": (4, True, True, k)}
-    for name, (every, sync, clip, sync_k) in expected.items():
+    expected = {"online": (1, False, False), "stale2": (2, False, False), "offline": (4, False, False),
+                "stale2+humanline k=2": (2, True, True), "offline+humanline k=2": (4, True, True),
+                "stale2+sync only k=2": (2, True, False), "stale2+clip only": (2, False, True),
+                "offline+sync only k=2": (4, True, False), "offline+clip only": (4, False, True)}
+    test_ids = read_version(results["data"]["test"]).column("prompt_id").to_pylist()
+    for name, (every, sync, clip) in expected.items():
         record = results["seeds"][name][0]
         settings = json.loads((Path(record["run_dir"]) / "settings.json").read_text())
         assert settings["online"]["refresh_every"] == every, name
         assert (settings["humanline"]["sync"], settings["humanline"]["clip"]) == (sync, clip), name
         if sync:
-            assert settings["humanline"]["sync_k"] == sync_k, name
-        assert settings["model"]["lora_r"] == 16 and settings["model"]["layout"] == "packed"
-        assert len(record["rounds"]) == 4 // every and 0.0 <= summary[name]["accuracy"] <= 1.0
-        assert len(record["unclamped_frac"]) == 4 and record["train_seconds"] > 0
-    # each humanline variant's gap runs from its plain counterpart (same data) to online
-    plain = {name: s["plain"] for name, s in summary.items()}
-    assert plain == {"online": None, "stale2": None, "offline": None, "stale2+humanline k=1": "stale2",
-                     "stale2+humanline k=2": "stale2", f"stale2+sync only k={k}": "stale2", "stale2+clip only": "stale2",
-                     f"offline+humanline k={k}": "offline"}
+            assert settings["humanline"]["sync_k"] == 2, name
+        assert settings["model"]["lora_r"] == 0 and settings["model"]["layout"] == "packed"
+        assert len(record["rounds"]) == 4 // every and len(record["unclamped_frac"]) == 4 and record["train_seconds"] > 0
+        # per-problem greedy outputs, in held-out order, agree with the evaluation's accuracy
+        published = tmp_path / "pub" / "outputs" / f"{cpu_replication.slug(name)}-seed0.jsonl.gz"
+        outputs = [json.loads(x) for x in gzip.decompress(published.read_bytes()).decode().splitlines()]
+        assert [o["problem"] for o in outputs] == list(range(len(test_ids))) == list(range(5))
+        assert "".join(str(o["correct"]) for o in outputs) == record["correct"]
+        assert record["accuracy"] == pytest.approx(record["correct"].count("1") / 5)
+    # each humanline variant is compared with its plain counterpart (same data), seed by seed
+    assert {name: s["plain"] for name, s in summary.items() if s["plain"]} == {
+        name: name.split("+")[0] for name in expected if "+" in name}
     for name, s in summary.items():
         if s["plain"]:
-            gap = summary["online"]["accuracy"] - summary[s["plain"]]["accuracy"]
-            assert s["gap"] == pytest.approx(gap)
-            expected = None if gap == 0 else (s["accuracy"] - summary[s["plain"]]["accuracy"]) / gap
-            assert s["gap_closed"] == pytest.approx(expected)
-    # train and test problems are disjoint
-    train = {json.dumps(json.loads(x)["prompt"]) for x in (run / "task" / "train.jsonl").read_text().splitlines()}
-    test = {json.dumps(json.loads(x)["prompt"]) for x in (run / "task" / "test.jsonl").read_text().splitlines()}
-    assert len(test) == 5 and len(train) == 4 and not train & test
+            assert s["vs_plain"]["per_seed"] == [pytest.approx(s["accuracy"] - summary[s["plain"]]["accuracy"])]
+    # MATH500 held out, disjoint from the MATH training problems taken
+    train = read_version(results["data"]["train"])
+    assert train.num_rows == 4 and not set(train.column("prompt_id").to_pylist()) & set(test_ids)
     assert_png(run / "rewards.png")
     assert_png(run / "fractions.png")
+    assert (tmp_path / "pub" / "results.md").read_text() == (run / "results.md").read_text()
     assert "gap closed" in (run / "results.md").read_text()
+
+
+def test_replication_scales_fit_their_tasks(tmp_path, capsys):
+    """Each scale's sizes fit its task (the gpu scale once asked 51,200 of 12,195 arithmetic
+    problems); sizes that do not end in a usage error (exit 2), before anything is written."""
+    for scale, task in (("cpu", "arithmetic"), ("gpu", "math")):
+        args = cpu_replication.parse_args(["--out", str(tmp_path / scale), "--scale", scale])
+        sizes = cpu_replication.task_sizes(task)
+        assert args.task == task and args.train_size <= sizes["train"] and args.eval_size <= sizes["test"]
+    assert cpu_replication.parse_args(["--out", str(tmp_path), "--scale", "cpu"]).eval_size == 1000
+    with pytest.raises(SystemExit) as exit_:
+        cpu_replication.parse_args(["--out", str(tmp_path / "x"), "--scale", "gpu", "--steps", "1024"])
+    assert exit_.value.code == 2 and "16384 training problems" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_parallel_runs_keep_seed_order_and_stop_at_the_budget(tmp_path):
