@@ -107,8 +107,8 @@ SCALES = {
     "gpu": dict(steps=192, prompts_per_step=16, n=8, stale_every=64, k_values="16", eval_size=500, max_new_tokens=512,
                 max_length=1024, lora_r=0, lr=1e-6, seeds=1, sweep_seeds=1, task="math"),
 }
-DRY_SIZES = dict(steps=4, n=2, stale_every=2, k_values="2", eval_size=5, max_new_tokens=8, max_length=256, seeds=1,
-                 sweep_seeds=1)
+DRY_SIZES = dict(steps=4, prompts_per_step=1, n=2, stale_every=2, k_values="2", eval_size=5, max_new_tokens=8,
+                 max_length=256, seeds=1, sweep_seeds=1)
 MATH_FILES = {"train": SHARED_DATA / "math" / "train.jsonl", "test": SHARED_DATA / "math" / "math500_test.jsonl"}
 SHOWN_AT = 2.0  # a paired difference "shows" when it exceeds this many standard errors
 DOCS_BEGIN, DOCS_END = "<!-- cpu_replication results: BEGIN (written by the command) -->", "<!-- cpu_replication results: END -->"
@@ -262,23 +262,21 @@ def run_variant(steps: Steps, args, data: dict, name: str, variant: dict, seed: 
 
 
 def save_outputs(args, tag: str, result: dict, test_version: str) -> str:
-    """Write the evaluation's per-problem greedy outputs to ``RUN_DIR/outputs/<tag>.jsonl.gz``
-    (``problem``: index in the held-out set, ``completion``, ``correct`` 0/1; the problems and
-    answers are in ``task/test.jsonl``); return correctness in problem order as a string of 0/1."""
+    """Write the evaluation's per-problem greedy outputs to ``RUN_DIR/outputs/<tag>.jsonl.gz``, one
+    row per held-out problem in order (``problem``: its index, ``completion``: None where the
+    generate stage left it out, ``correct`` 0/1; problems and answers: the test prompts version,
+    or ``task/test.jsonl``); return the correctness column as a string of 0/1."""
     order = open_version(test_version).read(columns=["prompt_id"]).column("prompt_id").to_pylist()
-    index = {prompt_id: i for i, prompt_id in enumerate(order)}
-    rows = open_version(result["versions"]["scored"]).read(columns=["prompt_id", "completion", "reward_components"])
-    outputs = sorted(({"problem": index[r["prompt_id"]], "completion": r["completion"],
-                       "correct": int(json.loads(r["reward_components"])["correct"] == 1)} for r in rows.to_pylist()),
-                     key=lambda r: r["problem"])
-    correct = ["0"] * len(order)  # a problem the generate stage left out counts as wrong (as in the eval)
-    for r in outputs:
-        correct[r["problem"]] = str(r["correct"])
+    scored = open_version(result["versions"]["scored"]).read(columns=["prompt_id", "completion", "reward_components"])
+    found = {r["prompt_id"]: r for r in scored.to_pylist()}
+    outputs = [{"problem": i, "completion": found[p]["completion"] if p in found else None,
+                "correct": int(p in found and json.loads(found[p]["reward_components"])["correct"] == 1)}
+               for i, p in enumerate(order)]  # left out: wrong, as the evaluation counts it
     path = args.out / "outputs" / f"{tag}.jsonl.gz"
     path.parent.mkdir(parents=True, exist_ok=True)
     with gzip.GzipFile(path, "wb", mtime=0) as out:  # mtime 0: the same outputs give the same bytes
         out.write("".join(json.dumps(r) + "\n" for r in outputs).encode())
-    return "".join(correct)
+    return "".join(str(r["correct"]) for r in outputs)
 
 
 def record_path(args, name: str, seed: int) -> Path:
@@ -314,7 +312,7 @@ def summarize(args, variants: dict[str, dict], records: dict[str, list[dict]]) -
         }
     by_seed = {name: {i: r["accuracy"] for i, r in enumerate(runs)} for name, runs in records.items()}
     for name, s in out.items():
-        s["vs_online"] = stats.paired(by_seed["online"], by_seed[name]) if "online" in by_seed and name != "online" else None
+        s["vs_online"] = stats.paired(by_seed[name], by_seed["online"]) if "online" in by_seed and name != "online" else None
         s["vs_plain"] = s["gap"] = s["gap_closed"] = None
         if not (s["plain"] in out and "online" in out):
             continue

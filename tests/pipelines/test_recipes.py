@@ -169,6 +169,19 @@ def test_cpu_replication_dry_run(tmp_path):
     assert "gap closed" in (run / "results.md").read_text()
 
 
+def test_replication_results_fill_only_the_marked_block_of_the_docs_page(tmp_path):
+    page = tmp_path / "page.md"
+    before = f"# Page\n\nintro\n\n{cpu_replication.DOCS_BEGIN}\nold\n{cpu_replication.DOCS_END}\n\nafter\n"
+    page.write_text(before)
+    cpu_replication.fill_docs(page, "# Title\n\n**Status: 3 of 49**\n\n## Section\n")
+    assert page.read_text() == (f"# Page\n\nintro\n\n{cpu_replication.DOCS_BEGIN}\n### Title\n\n**Status: 3 of 49**\n\n"
+                                f"#### Section\n{cpu_replication.DOCS_END}\n\nafter\n")
+    unmarked = tmp_path / "other.md"
+    unmarked.write_text("no markers\n")
+    cpu_replication.fill_docs(unmarked, "# Title\n")
+    assert unmarked.read_text() == "no markers\n"
+
+
 def test_replication_scales_fit_their_tasks(tmp_path, capsys):
     """Each scale's sizes fit its task (the gpu scale once asked 51,200 of 12,195 arithmetic
     problems); sizes that do not end in a usage error (exit 2), before anything is written."""
