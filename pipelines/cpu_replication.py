@@ -133,7 +133,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--publish", type=Path, help="Also copy the report (and per-problem outputs) here after each run.")
     p.add_argument("--docs-page", type=Path,
                    help="Also write results.md into this page, between its two cpu_replication results markers.")
-    p.add_argument("--eval-batch", type=int, default=64, help="Held-out prompts generated at once (greedy evaluation).")
+    p.add_argument("--eval-batch", type=int, default=200,
+                   help="Held-out prompts generated at once (greedy evaluation; 200: ~1.3x faster than 16 on 1 thread).")
     p.add_argument("--workers", type=int, default=1,
                    help="Runs trained at once, each with cores/N torch threads (2 on 2 cores: ~1.3x the runs per hour "
                         "of one run on both cores; sequential order and results are unchanged).")
