@@ -54,3 +54,12 @@ def test_bootstrap_fraction_is_reproducible_and_brackets_the_estimate():
     assert first["ci95"][0] < estimate < first["ci95"][1] and first["undefined_draws"] == 0
     same = stats.bootstrap_fraction(variant, plain, plain, draws=50)  # no gap in any draw
     assert same["ci95"] is None and same["undefined_draws"] == 50
+
+
+def test_pilot_drift_by_quarter_of_the_round():
+    from pipelines.replication_pilot import by_quarter
+
+    # two rounds of 8 steps: quarters are steps 0-1, 2-3, 4-5, 6-7 of each round; None is skipped
+    values = [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, None, 14, 15, 16, 17]
+    assert by_quarter(values, 8) == pytest.approx([5.5, 17 / 3, 9.5, 11.5])
+    assert by_quarter([1.0, 2.0], 1) == [1.5, None, None, None]  # online: every step is a round's first
