@@ -46,11 +46,12 @@ gpu    192    16            8   64  16        500   512      none  1e-6    1    
 cpu: R 64 and lr 1e-4 chosen by the pilot (``pipelines/replication_pilot.py``, docs/replication.md):
 the policy drifts from its samples within a 64-step round (PPO clip active on ~8% of tokens,
 rising through the round) where it did not within 16. 49 runs: 21 in phase 1 (3 x 5, 3 x 2),
-28 in phase 2 (3 + 5 x 5). Budget, from measured per-run costs on 1 torch thread (second run,
-idle; pilot, loaded): training ~330 s, sampling ~60-150 s (stale64, offline) or ~340 s
-(online: 128 rounds), LoRA merge ~10 s, greedy evaluation of 1,000 problems ~150-250 s
-(batch ``--eval-batch`` 200); ~560 s a run, ~680 s online: 44 x 560 + 5 x 680 = ~28,000 s of
-one core, ~3.9 h with ``--workers 2`` on 2 idle cores.
+28 in phase 2 (3 + 5 x 5). Budget, from measured per-run costs on 1 torch thread, idle (second
+run): training ~330 s, sampling ~60-85 s (stale64, offline) or ~340 s (online: 128 rounds),
+LoRA merge ~10 s, greedy evaluation of 1,000 problems ~190 s (36 s of generation per 200
+problems at ``--eval-batch`` 200, compute-bound): ~600 s a run, ~720 s online: 44 x 600 +
+5 x 720 = ~30,000 s of one core, ~4.2 h with ``--workers 2`` on 2 idle cores (about twice that
+under load; docs/replication.md has the measurements).
 
 gpu: the paper's math setting (SPEC §3: 8 samples of a prompt, sampling 64x less often, full
 fine-tuning at lr 1e-6, k 12-25) sized for one H100 (arithmetic, not measured: no GPU ran it).
