@@ -44,8 +44,8 @@ gpu    192    16            8   64  16        500   512      none  1e-6    1    
 =====  =====  ============  ==  ==  ========  ====  =======  ====  ======  =====  ==========
 
 cpu: R 64 and lr 1e-4 chosen by the pilot (``pipelines/replication_pilot.py``, docs/replication.md):
-the policy drifts from its samples within a 64-step round (PPO clip active on ~8% of tokens,
-rising through the round) where it did not within 16. 49 runs: 21 in phase 1 (3 x 5, 3 x 2),
+within a 64-step round the policy drifts from its samples (PPO clip active on ~8% of tokens,
+rising through the round, against 3.6% at R 16); lr 4e-4 made online GRPO collapse. 49 runs: 21 in phase 1 (3 x 5, 3 x 2),
 28 in phase 2 (3 + 5 x 5). Budget, from measured per-run costs on 1 torch thread, idle (second
 run): training ~330 s, sampling ~60-85 s (stale64, offline) or ~340 s (online: 128 rounds),
 LoRA merge ~10 s, greedy evaluation of 1,000 problems ~190 s (36 s of generation per 200
