@@ -53,7 +53,7 @@ problems at ``--eval-batch`` 200, compute-bound): ~600 s a run, ~720 s online: 4
 5 x 720 = ~30,000 s of one core, ~4.2 h with ``--workers 2`` on 2 idle cores (about twice that
 under load; docs/replication.md has the measurements).
 
-gpu: the paper's math setting (SPEC §3: 8 samples of a prompt, sampling 64x less often, full
+gpu: the paper's math setting (docs/method.md §8: 8 samples of a prompt, sampling 64x less often, full
 fine-tuning at lr 1e-6, k 12-25) sized for one H100 (arithmetic, not measured: no GPU ran it).
 A step is 128 completions of ~350 tokens after a ~120-token prompt: ~60k tokens; policy
 forward + backward and the reference forward of Qwen2.5-1.5B are ~8 x 1.5e9 FLOPs a token,
