@@ -235,17 +235,20 @@ def test_arithmetic_problems_are_disjoint_correct_and_seeded():
     assert arithmetic.splits(50, 500, seed=8)[0] != test
 
 
-def test_gap_closed_and_its_delta_method_error():
-    assert cpu_replication.gap_closed((0.3, 0.0), (0.2, 0.0), (0.4, 0.0)) == (pytest.approx(0.5), 0.0)
-    fraction, se = cpu_replication.gap_closed((0.3, 0.01), (0.2, 0.02), (0.4, 0.03))
-    # independent check: numerical derivatives of (v - s) / (o - s)
-    f = lambda v, s, o: (v - s) / (o - s)  # noqa: E731
-    h = 1e-6
-    grads = [(f(0.3 + h, 0.2, 0.4) - f(0.3 - h, 0.2, 0.4)) / (2 * h), (f(0.3, 0.2 + h, 0.4) - f(0.3, 0.2 - h, 0.4)) / (2 * h),
-             (f(0.3, 0.2, 0.4 + h) - f(0.3, 0.2, 0.4 - h)) / (2 * h)]
-    assert fraction == pytest.approx(0.5)
-    assert se == pytest.approx(sum((g * e) ** 2 for g, e in zip(grads, (0.01, 0.02, 0.03))) ** 0.5, rel=1e-5)
-    assert cpu_replication.gap_closed((0.3, 0.01), (0.2, 0.0), (0.2, 0.0)) is None
+def test_gap_closed_is_a_ratio_of_paired_means_over_the_shared_seeds():
+    def runs(*correct):  # one record per seed: its per-problem correctness
+        return [{"accuracy": c.count("1") / len(c), "correct": c} for c in correct]
+
+    variant, plain = runs("1100", "1110", "1111"), runs("1000", "1100")  # plain has 2 seeds: the third is unpaired
+    online = runs("1110", "1111", "0000")
+    closed = cpu_replication.gap_closed(variant, plain, online)
+    # seed 0: variant - plain 0.25, online - plain 0.5; seed 1: 0.25, 0.5
+    assert closed["seeds"] == 2 and closed["value"] == pytest.approx(0.5)
+    # identical per-seed differences: the seeds' interval shrinks to a point; resampling problems does not
+    assert closed["fieller"]["ci95"] == pytest.approx([0.5, 0.5])
+    low, high = closed["bootstrap"]["ci95"]
+    assert low < 0.5 < high and closed["bootstrap"]["draws"] == cpu_replication.stats.BOOTSTRAP_DRAWS
+    assert cpu_replication.gap_closed(variant, plain, plain) is None  # no gap
 
 
 def test_instruction_following_variants_map_to_trainer_settings():
@@ -281,10 +284,13 @@ def test_grpo_variants_see_the_same_completions():
             assert f["batch_size"] * f["grad_accum"] == args.prompts_per_step * args.n
             assert f["batch_size"] == args.n  # one group per micro-batch
             assert f["max_steps"] == args.steps and f["lora_r"] == args.lora_r
-        assert len(set(per_variant)) == 1 and len(variants) == 9
+        # online, staleR, offline, the sweep, and the five phase-two arms besides staleR + humanline at the k
+        assert len(set(per_variant)) == 1 and len(variants) == 3 + len(args.k_values) + 5
     cpu = cpu_replication.parse_args(["--out", "x"])
-    assert (cpu.steps, cpu.stale_every, cpu.k_values, cpu.seeds, cpu.eval_size) == (128, 16, [1, 4, 16], 3, 200)
-    assert cpu_replication.parse_args(["--out", "x", "--steps", "64", "--k-values", "2,8"]).k_values == [2, 8]
+    assert (cpu.steps, cpu.stale_every, cpu.k_values, cpu.seeds, cpu.sweep_seeds, cpu.eval_size, cpu.lr) == (
+        128, 64, [1, 4, 16], 5, 2, 1000, 1e-4)
+    assert cpu_replication.design_runs(cpu) == 49
+    assert cpu_replication.parse_args(["--out", "x", "--steps", "256", "--k-values", "2,8"]).k_values == [2, 8]
     math_args = math_reasoning.parse_args(["--out", "x"])
     assert (math_args.steps, math_args.prompts_per_step * math_args.n, math_args.stale_every) == (1600, 256, 64)
     assert (math_args.lr, math_args.sync_k, math_args.beta_kl) == (1e-6, 16, 1e-4)
