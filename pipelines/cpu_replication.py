@@ -415,7 +415,10 @@ def prepare(args) -> tuple[Steps, dict, list, dict]:
         for name, version in data.items():
             steps.inspect(name, version)
     eval_flags = ["--n", 1, "--temperature", 0, "--max-new-tokens", args.max_new_tokens, "--batch-size", args.eval_batch]
-    before = steps.evaluate("initial", args.model, data["test"], "math", *eval_flags)
+    saved = run / "evals" / "initial.json"  # a resumed run reuses it, as it reuses every finished run
+    before = json.loads(saved.read_text()) if saved.is_file() else {}
+    if before.get("count") != args.eval_size:
+        before = steps.evaluate("initial", args.model, data["test"], "math", *eval_flags)
     before["correct"] = save_outputs(args, "initial", before, data["test"])
     return steps, data, eval_flags, before
 
