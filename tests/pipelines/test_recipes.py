@@ -3,6 +3,7 @@ trainer), their flags, and their one-line errors."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from humanline_data.store import read_manifest  # noqa: E402
+from humanline_data.store import open_version, read_manifest  # noqa: E402
 from pipelines import arithmetic, cpu_replication, instruction_following, math_reasoning  # noqa: E402
 from pipelines.common import StepFailed, Steps, mean_se  # noqa: E402
 
@@ -44,6 +45,11 @@ def assert_common_outputs(run: Path, done: subprocess.CompletedProcess, inspecte
     commands = (run / "commands.sh").read_text().splitlines()
     assert any(c.startswith("humanline-train ") for c in commands)
     return results
+
+
+def read_version(version: str):
+    """The rows of a data version (a pyarrow table)."""
+    return open_version(version).read()
 
 
 def parent(version: str) -> str:
@@ -115,48 +121,79 @@ def test_math_reasoning_dry_run(tmp_path):
 
 @pytest.mark.slow
 def test_cpu_replication_dry_run(tmp_path):
+    """The gpu scale's path (MATH train, MATH500) at dry-run sizes: every arm of the design, run
+    with its sampling interval and humanline halves, evaluated per problem and reported."""
     run = tmp_path / "cpu"
-    done = run_recipe("cpu_replication", run, "--dry-run", "--workers", "2")
-    phase_one = ["online", "stale2", "stale2+humanline k=1", "stale2+humanline k=2", "offline"]
-    first_shards = [f"{cpu_replication.slug(n)}_seed0_round0" for n in phase_one]
-    results = assert_common_outputs(run, done, ["train", "test", *first_shards])
-    k = results["best_k"]
+    done = run_recipe("cpu_replication", run, "--dry-run", "--scale", "gpu", "--workers", "2", "--publish", tmp_path / "pub")
+    plain = ["online", "stale2", "offline"]
+    results = assert_common_outputs(run, done, ["train", "test", *[f"{n}_seed0_round0" for n in plain]])
+    assert results["best_k"] == 2 and results["settings"]["task"] == "math"
     summary = results["variants"]
-    assert list(summary) == phase_one + [f"stale2+sync only k={k}", "stale2+clip only", f"offline+humanline k={k}"]
+    assert list(summary) == ["online", "stale2", "stale2+humanline k=2", "offline", "offline+humanline k=2",
+                             "stale2+sync only k=2", "stale2+clip only", "offline+sync only k=2", "offline+clip only"]
+    assert results["runs_finished"] == results["runs_in_design"] == 9 and "9 of the design's 9 runs" in results["status"]
     assert {s["completions_generated"] for s in summary.values()} == {8}  # 4 steps x 1 prompt x 2 samples each
     # the trainer ran each variant with its sampling interval and humanline halves
-    expected = {"online": (1, False, False, None), "stale2": (2, False, False, None), "offline": (4, False, False, None),
-                "stale2+humanline k=1": (2, True, True, 1), "stale2+humanline k=2": (2, True, True, 2),
-                f"stale2+sync only k={k}": (2, True, False, k), "stale2+clip only": (2, False, True, None),
-                f"offline+humanline k={k}": (4, True, True, k)}
-    for name, (every, sync, clip, sync_k) in expected.items():
+    expected = {"online": (1, False, False), "stale2": (2, False, False), "offline": (4, False, False),
+                "stale2+humanline k=2": (2, True, True), "offline+humanline k=2": (4, True, True),
+                "stale2+sync only k=2": (2, True, False), "stale2+clip only": (2, False, True),
+                "offline+sync only k=2": (4, True, False), "offline+clip only": (4, False, True)}
+    test_ids = read_version(results["data"]["test"]).column("prompt_id").to_pylist()
+    for name, (every, sync, clip) in expected.items():
         record = results["seeds"][name][0]
         settings = json.loads((Path(record["run_dir"]) / "settings.json").read_text())
         assert settings["online"]["refresh_every"] == every, name
         assert (settings["humanline"]["sync"], settings["humanline"]["clip"]) == (sync, clip), name
         if sync:
-            assert settings["humanline"]["sync_k"] == sync_k, name
-        assert settings["model"]["lora_r"] == 16 and settings["model"]["layout"] == "packed"
-        assert len(record["rounds"]) == 4 // every and 0.0 <= summary[name]["accuracy"] <= 1.0
-        assert len(record["unclamped_frac"]) == 4 and record["train_seconds"] > 0
-    # each humanline variant's gap runs from its plain counterpart (same data) to online
-    plain = {name: s["plain"] for name, s in summary.items()}
-    assert plain == {"online": None, "stale2": None, "offline": None, "stale2+humanline k=1": "stale2",
-                     "stale2+humanline k=2": "stale2", f"stale2+sync only k={k}": "stale2", "stale2+clip only": "stale2",
-                     f"offline+humanline k={k}": "offline"}
+            assert settings["humanline"]["sync_k"] == 2, name
+        assert settings["model"]["lora_r"] == 0 and settings["model"]["layout"] == "packed"
+        assert len(record["rounds"]) == 4 // every and len(record["unclamped_frac"]) == 4 and record["train_seconds"] > 0
+        # per-problem greedy outputs, in held-out order, agree with the evaluation's accuracy
+        published = tmp_path / "pub" / "outputs" / f"{cpu_replication.slug(name)}-seed0.jsonl.gz"
+        outputs = [json.loads(x) for x in gzip.decompress(published.read_bytes()).decode().splitlines()]
+        assert [o["problem"] for o in outputs] == list(range(len(test_ids))) == list(range(5))
+        assert "".join(str(o["correct"]) for o in outputs) == record["correct"]
+        assert record["accuracy"] == pytest.approx(record["correct"].count("1") / 5)
+    # each humanline variant is compared with its plain counterpart (same data), seed by seed
+    assert {name: s["plain"] for name, s in summary.items() if s["plain"]} == {
+        name: name.split("+")[0] for name in expected if "+" in name}
     for name, s in summary.items():
         if s["plain"]:
-            gap = summary["online"]["accuracy"] - summary[s["plain"]]["accuracy"]
-            assert s["gap"] == pytest.approx(gap)
-            expected = None if gap == 0 else (s["accuracy"] - summary[s["plain"]]["accuracy"]) / gap
-            assert s["gap_closed"] == pytest.approx(expected)
-    # train and test problems are disjoint
-    train = {json.dumps(json.loads(x)["prompt"]) for x in (run / "task" / "train.jsonl").read_text().splitlines()}
-    test = {json.dumps(json.loads(x)["prompt"]) for x in (run / "task" / "test.jsonl").read_text().splitlines()}
-    assert len(test) == 5 and len(train) == 4 and not train & test
+            assert s["vs_plain"]["per_seed"] == [pytest.approx(s["accuracy"] - summary[s["plain"]]["accuracy"])]
+    # MATH500 held out, disjoint from the MATH training problems taken
+    train = read_version(results["data"]["train"])
+    assert train.num_rows == 4 and not set(train.column("prompt_id").to_pylist()) & set(test_ids)
     assert_png(run / "rewards.png")
     assert_png(run / "fractions.png")
+    assert (tmp_path / "pub" / "results.md").read_text() == (run / "results.md").read_text()
     assert "gap closed" in (run / "results.md").read_text()
+
+
+def test_replication_results_fill_only_the_marked_block_of_the_docs_page(tmp_path):
+    page = tmp_path / "page.md"
+    before = f"# Page\n\nintro\n\n{cpu_replication.DOCS_BEGIN}\nold\n{cpu_replication.DOCS_END}\n\nafter\n"
+    page.write_text(before)
+    cpu_replication.fill_docs(page, "# Title\n\n**Status: 3 of 49**\n\n## Section\n")
+    assert page.read_text() == (f"# Page\n\nintro\n\n{cpu_replication.DOCS_BEGIN}\n### Title\n\n**Status: 3 of 49**\n\n"
+                                f"#### Section\n{cpu_replication.DOCS_END}\n\nafter\n")
+    unmarked = tmp_path / "other.md"
+    unmarked.write_text("no markers\n")
+    cpu_replication.fill_docs(unmarked, "# Title\n")
+    assert unmarked.read_text() == "no markers\n"
+
+
+def test_replication_scales_fit_their_tasks(tmp_path, capsys):
+    """Each scale's sizes fit its task (the gpu scale once asked 51,200 of 12,195 arithmetic
+    problems); sizes that do not end in a usage error (exit 2), before anything is written."""
+    for scale, task in (("cpu", "arithmetic"), ("gpu", "math")):
+        args = cpu_replication.parse_args(["--out", str(tmp_path / scale), "--scale", scale])
+        sizes = cpu_replication.task_sizes(task)
+        assert args.task == task and args.train_size <= sizes["train"] and args.eval_size <= sizes["test"]
+    assert cpu_replication.parse_args(["--out", str(tmp_path), "--scale", "cpu"]).eval_size == 1000
+    with pytest.raises(SystemExit) as exit_:
+        cpu_replication.parse_args(["--out", str(tmp_path / "x"), "--scale", "gpu", "--steps", "1024"])
+    assert exit_.value.code == 2 and "16384 training problems" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_parallel_runs_keep_seed_order_and_stop_at_the_budget(tmp_path):
@@ -198,17 +235,20 @@ def test_arithmetic_problems_are_disjoint_correct_and_seeded():
     assert arithmetic.splits(50, 500, seed=8)[0] != test
 
 
-def test_gap_closed_and_its_delta_method_error():
-    assert cpu_replication.gap_closed((0.3, 0.0), (0.2, 0.0), (0.4, 0.0)) == (pytest.approx(0.5), 0.0)
-    fraction, se = cpu_replication.gap_closed((0.3, 0.01), (0.2, 0.02), (0.4, 0.03))
-    # independent check: numerical derivatives of (v - s) / (o - s)
-    f = lambda v, s, o: (v - s) / (o - s)  # noqa: E731
-    h = 1e-6
-    grads = [(f(0.3 + h, 0.2, 0.4) - f(0.3 - h, 0.2, 0.4)) / (2 * h), (f(0.3, 0.2 + h, 0.4) - f(0.3, 0.2 - h, 0.4)) / (2 * h),
-             (f(0.3, 0.2, 0.4 + h) - f(0.3, 0.2, 0.4 - h)) / (2 * h)]
-    assert fraction == pytest.approx(0.5)
-    assert se == pytest.approx(sum((g * e) ** 2 for g, e in zip(grads, (0.01, 0.02, 0.03))) ** 0.5, rel=1e-5)
-    assert cpu_replication.gap_closed((0.3, 0.01), (0.2, 0.0), (0.2, 0.0)) is None
+def test_gap_closed_is_a_ratio_of_paired_means_over_the_shared_seeds():
+    def runs(*correct):  # one record per seed: its per-problem correctness
+        return [{"accuracy": c.count("1") / len(c), "correct": c} for c in correct]
+
+    variant, plain = runs("1100", "1110", "1111"), runs("1000", "1100")  # plain has 2 seeds: the third is unpaired
+    online = runs("1110", "1111", "0000")
+    closed = cpu_replication.gap_closed(variant, plain, online)
+    # seed 0: variant - plain 0.25, online - plain 0.5; seed 1: 0.25, 0.5
+    assert closed["seeds"] == 2 and closed["value"] == pytest.approx(0.5)
+    # identical per-seed differences: the seeds' interval shrinks to a point; resampling problems does not
+    assert closed["fieller"]["ci95"] == pytest.approx([0.5, 0.5])
+    low, high = closed["bootstrap"]["ci95"]
+    assert low < 0.5 < high and closed["bootstrap"]["draws"] == cpu_replication.stats.BOOTSTRAP_DRAWS
+    assert cpu_replication.gap_closed(variant, plain, plain) is None  # no gap
 
 
 def test_instruction_following_variants_map_to_trainer_settings():
@@ -244,10 +284,13 @@ def test_grpo_variants_see_the_same_completions():
             assert f["batch_size"] * f["grad_accum"] == args.prompts_per_step * args.n
             assert f["batch_size"] == args.n  # one group per micro-batch
             assert f["max_steps"] == args.steps and f["lora_r"] == args.lora_r
-        assert len(set(per_variant)) == 1 and len(variants) == 9
+        # online, staleR, offline, the sweep, and the five phase-two arms besides staleR + humanline at the k
+        assert len(set(per_variant)) == 1 and len(variants) == 3 + len(args.k_values) + 5
     cpu = cpu_replication.parse_args(["--out", "x"])
-    assert (cpu.steps, cpu.stale_every, cpu.k_values, cpu.seeds, cpu.eval_size) == (128, 16, [1, 4, 16], 3, 200)
-    assert cpu_replication.parse_args(["--out", "x", "--steps", "64", "--k-values", "2,8"]).k_values == [2, 8]
+    assert (cpu.steps, cpu.stale_every, cpu.k_values, cpu.seeds, cpu.sweep_seeds, cpu.eval_size, cpu.lr) == (
+        128, 64, [1, 4, 16], 5, 2, 1000, 1e-4)
+    assert cpu_replication.design_runs(cpu) == 49
+    assert cpu_replication.parse_args(["--out", "x", "--steps", "256", "--k-values", "2,8"]).k_values == [2, 8]
     math_args = math_reasoning.parse_args(["--out", "x"])
     assert (math_args.steps, math_args.prompts_per_step * math_args.n, math_args.stale_every) == (1600, 256, 64)
     assert (math_args.lr, math_args.sync_k, math_args.beta_kl) == (1e-6, 16, 1e-4)
