@@ -2,7 +2,8 @@
 # The main job, end to end on the embedded default (SmolLM2-135M-Instruct, two-digit arithmetic, CPU):
 #   generate the task -> import -> sample once with the initial model -> score (math verifier)
 #   -> GRPO groups -> inspect -> eval before -> humanline GRPO on that stale shard -> eval after.
-# Everything lands under $RUN (default runs/main). Sizes can be shrunk with the env vars below.
+# Everything lands under $RUN (default runs/main); the gains, with unpaired and paired standard
+# errors, in $RUN/results.json. Sizes can be shrunk with the env vars below.
 # CONTROL=1 also trains the same stale groups without humanline (plain GRPO) and evaluates it.
 # SEEDS="0 1 2" trains (and controls) once per training seed on the same stale groups; seed 0
 # writes train/ and eval_after.json, seed N > 0 train-sN/ and eval_after-sN.json.
@@ -67,18 +68,5 @@ for SEED in ${SEEDS:-0}; do
   fi
 done
 humanline-train plot "$RUN/train" --out "$RUN/train_curves.png" >&2
-python - "$RUN" ${SEEDS:-0} <<'PY'
-import json, math, os, sys
-run, seeds = sys.argv[1], sys.argv[2:]
-b = json.load(open(f"{run}/eval_before.json"))
-for seed in seeds:
-    suffix, tag = ("", "") if seed == "0" else (f"-s{seed}", f" (seed {seed})")
-    for label, name in (("after", "after"), ("control (no humanline)", "control")):
-        if os.path.exists(f"{run}/eval_{name}{suffix}.json"):
-            a = json.load(open(f"{run}/eval_{name}{suffix}.json"))
-            gain, se = a["value"] - b["value"], math.hypot(b["se"], a["se"])
-            print(f"held-out pass@1 on {b['count']} problems: before {b['value']:.3f} ± {b['se']:.3f}, "
-                  f"{label}{tag} {a['value']:.3f} ± {a['se']:.3f}, gain {gain:+.3f} ± {se:.3f} "
-                  f"({'>' if gain > 2 * se else 'not >'} 2 SE)")
-PY
+python pipelines/main_summary.py "$RUN" ${SEEDS:-0}  # also writes $RUN/results.json and results.md
 echo "$RUN"

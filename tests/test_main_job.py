@@ -8,6 +8,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,3 +43,16 @@ def test_main_job_runs_every_stage_and_reports_the_gain(tmp_path):
     assert [m["step"] for m in metrics] == list(range(1, len(metrics) + 1)) and metrics
     assert (run / "train_curves.png").stat().st_size > 0
     assert "rows" in (run / "inspect_groups.txt").read_text()
+
+    # results.json: the gain and its paired SE, recomputed here from the two evaluations' scored rows
+    [result] = json.loads((run / "results.json").read_text())["runs"]
+    before, after = (json.loads((run / f"eval_{when}.json").read_text()) for when in ("before", "after"))
+    assert (result["arm"], result["seed"], result["groups"]) == ("humanline", 0, manifests["groups"]["rows"])
+    assert result["gain"] == after["value"] - before["value"]
+    rewards = [{row["prompt_id"]: row["reward"] for part in sorted((run / f"eval_{when}" / "scored" / "v1").glob("*.parquet"))
+                for row in pq.read_table(part, columns=["prompt_id", "reward"]).to_pylist()}
+               for when in ("before", "after")]
+    diffs = np.array([rewards[1][p] - rewards[0][p] for p in rewards[0]])
+    assert np.isclose(result["gain"], diffs.mean(), rtol=0, atol=1e-12)
+    assert np.isclose(result["gain_se_paired"], diffs.std(ddof=1) / np.sqrt(len(diffs)), rtol=0, atol=1e-12)
+    assert "| humanline | 0 |" in (run / "results.md").read_text()
