@@ -103,9 +103,11 @@ class Training:
         return StepStream(self.stream.loader.reopened(), self.step).drain(self.step, self.total - self.step)
 
     def restore(self) -> None:
-        """Resuming: the optimizer, scheduler and reference as the checkpoint left them."""
+        """Resuming: the optimizer, scheduler and reference as the checkpoint left them. The loaded
+        checkpoint state is not kept past this point (what the optimizer and reference need, they keep)."""
+        saved, self.saved = self.saved, None
         if self.resume_from:
-            checkpoint.restore(self.resume_from, *self.saved, self.optimizer, self.scheduler, self.reference, self.accel)
+            checkpoint.restore(self.resume_from, *saved, self.optimizer, self.scheduler, self.reference, self.accel)
 
     def save(self) -> None:
         state = checkpoint.trainer_state(self.config, self.step, self.optimizer, self.scheduler, self.data)
