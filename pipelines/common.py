@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from humanline_data.store import open_version, read_manifest
-from humanline_train.checkpoint import latest_checkpoint, read_refreshes, read_settings
+from humanline_train.checkpoint import SETTINGS, latest_checkpoint, read_refreshes, read_settings
 from humanline_train.export import is_adapter
 from humanline_train.plot import read_metrics
 
@@ -100,7 +100,8 @@ class Steps:
         """``humanline-train --config <run>/configs/<name>.yaml --out out``: the run's settings
         (flat flag names) are written as a config file. Unless ``keep_checkpoints``, the run keeps
         only its newest two checkpoints (``keep_last``; an online run saves one per refresh, ~12x
-        the model's float32 size with AdamW state)."""
+        the model's float32 size with AdamW state). A run that ``out`` already holds (a recipe
+        stopped mid-run) is resumed from its newest intact checkpoint (``--resume``) instead of refused."""
         import yaml
 
         settings = dict(settings) if keep_checkpoints else {**settings, "keep_last": 2}
@@ -108,7 +109,8 @@ class Steps:
         config.parent.mkdir(parents=True, exist_ok=True)
         plain = {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()}
         config.write_text(yaml.safe_dump(plain, sort_keys=False))
-        return self.run(name, "humanline-train", "--config", config, "--out", out)
+        resume = ["--resume", out] if (Path(out) / SETTINGS).is_file() else []
+        return self.run(name, "humanline-train", "--config", config, "--out", out, *resume)
 
     def inspect(self, name: str, version) -> Path:
         """Save ``humanline-data inspect VERSION`` as ``RUN_DIR/inspect_<name>.txt``."""
@@ -125,20 +127,23 @@ class Steps:
     def final_model(self, name: str, run_dir) -> Path:
         """The newest checkpoint of ``run_dir`` as a model folder: itself, or for a LoRA run (an
         adapter) the initial model with it merged in (``humanline-train export --merge``, into
-        ``run_dir/final-model``)."""
+        ``run_dir/final-model``, made afresh: a recipe resumed after a stop mid-export redoes it)."""
         checkpoint = latest_checkpoint(Path(run_dir))
         if checkpoint is None:
             raise StepFailed(f"{run_dir}: no checkpoint")
         if not is_adapter(checkpoint):
             return checkpoint
         out = Path(run_dir) / "final-model"
+        shutil.rmtree(out, ignore_errors=True)
         self.run(f"export-{name}", "humanline-train", "export", run_dir, "--step", checkpoint.name.removeprefix("step-"),
                  "--merge", "--out", out)
         return out
 
     def evaluate(self, name: str, model, prompts, scorer: str, *args) -> dict:
-        """``humanline-train eval`` of ``model``; its JSON result (also saved as eval_<name>.json)."""
+        """``humanline-train eval`` of ``model``; its JSON result (also saved as ``evals/<name>.json``;
+        its versions under ``evals/<name>/``, made afresh: a recipe resumed after a stop mid-evaluation redoes it)."""
         out = self.run_dir / "evals" / f"{name}.json"
+        shutil.rmtree(self.run_dir / "evals" / name, ignore_errors=True)
         self.run(f"eval-{name}", "humanline-train", "eval", "--model", model, "--prompts", prompts, "--scorer", scorer,
                    "--work", self.run_dir / "evals" / name, "--out", out, *args)
         return json.loads(out.read_text())

@@ -406,14 +406,22 @@ def prepare(args) -> tuple[Steps, dict, list, dict]:
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.workers)))
     if args.task == "math":
         args.train_file, args.test_file = MATH_FILES["train"], MATH_FILES["test"]
-        data = import_math(steps, args, run / "data")
+    imported = run / "data" / "imported.json"  # a resumed run trains on the versions its runs' settings name
+    sizes = {"task": args.task, "train_size": args.train_size, "eval_size": args.eval_size}
+    known = json.loads(imported.read_text()) if imported.is_file() else {}
+    if known.get("sizes") == sizes:
+        data = known["data"]
     else:
-        test, train = arithmetic.splits(args.eval_size, args.train_size)
-        data = {name: steps.data(f"import-{name}", "import", arithmetic.write_jsonl(run / "task" / f"{name}.jsonl", rows),
-                                 "--format", "prompts", "--split", name, "--out", run / "data" / name)
-                for name, rows in (("train", train), ("test", test))}
-        for name, version in data.items():
-            steps.inspect(name, version)
+        if args.task == "math":
+            data = import_math(steps, args, run / "data")
+        else:
+            test, train = arithmetic.splits(args.eval_size, args.train_size)
+            data = {name: steps.data(f"import-{name}", "import", arithmetic.write_jsonl(run / "task" / f"{name}.jsonl", rows),
+                                     "--format", "prompts", "--split", name, "--out", run / "data" / name)
+                    for name, rows in (("train", train), ("test", test))}
+            for name, version in data.items():
+                steps.inspect(name, version)
+        imported.write_text(json.dumps({"sizes": sizes, "data": data}, indent=1) + "\n")
     eval_flags = ["--n", 1, "--temperature", 0, "--max-new-tokens", args.max_new_tokens, "--batch-size", args.eval_batch]
     saved = run / "evals" / "initial.json"  # a resumed run reuses it, as it reuses every finished run
     before = json.loads(saved.read_text()) if saved.is_file() else {}

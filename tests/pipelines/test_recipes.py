@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -167,6 +168,19 @@ def test_cpu_replication_dry_run(tmp_path):
     assert_png(run / "fractions.png")
     assert (tmp_path / "pub" / "results.md").read_text() == (run / "results.md").read_text()
     assert "gap closed" in (run / "results.md").read_text()
+
+    # a run stopped mid-way (no record, no checkpoint, half an evaluation) is resumed by the same
+    # command, not refused, and ends as it did uninterrupted; finished runs are reused untouched
+    stopped = Path(results["seeds"]["offline"][0]["run_dir"])
+    first = json.loads((stopped / "record.json").read_text())
+    (stopped / "record.json").unlink()
+    shutil.rmtree(stopped / "checkpoints")
+    (run / "evals" / "offline-seed0.json").unlink()
+    finished = {p: p.stat().st_mtime_ns for p in (run / "runs").glob("*/record.json")}
+    again = run_recipe("cpu_replication", run, "--dry-run", "--scale", "gpu", "--workers", "2", "--publish", tmp_path / "pub")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((stopped / "record.json").read_text())["correct"] == first["correct"]
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished
 
 
 def test_replication_results_fill_only_the_marked_block_of_the_docs_page(tmp_path):
