@@ -175,6 +175,10 @@ def _length_groups(lengths: list[int], forward_tokens: int | None) -> list[list[
 
 LAYOUTS = ("padded", "packed")
 PACKED_ATTENTION = ("sdpa", "eager", "flex_attention")
+# CPU kernels under which torch's compiled flex attention was checked against the dense mask. Compiled
+# for AVX2 (ATEN_CPU_CAPABILITY=avx2 on an AVX-512 CPU, torch 2.13) it returned wrong values (max
+# error ~2 on a toy document mask) or never returned; for no vector ISA torch refuses to compile it.
+FLEX_CPU_CAPABILITIES = ("AVX512",)
 
 
 @dataclass
@@ -242,6 +246,11 @@ def _packed_mask(model, packed: PackedRow):
         from torch.nn.attention.flex_attention import create_block_mask
 
         family, segment, is_prompt = packed.family, packed.segment, packed.is_prompt
+        capability = torch.backends.cpu.get_cpu_capability()
+        if family.device.type == "cpu" and capability not in FLEX_CPU_CAPABILITIES:
+            raise HumanlineError(
+                f"flex attention on this CPU ({capability} kernels): torch compiled below AVX-512 gave wrong "
+                f"attention values here; use attention sdpa or eager on a CPU (the default), flex on a GPU")
 
         def visible(batch, head, q, k):
             return (k <= q) & (family[q] == family[k]) & ((segment[q] == segment[k]) | is_prompt[k])
