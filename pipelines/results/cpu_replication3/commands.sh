@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Commands run by the recipe, in order.
+set -euo pipefail
+humanline-data import /work/runs/replication3/task/train.jsonl --format prompts --split train --out /work/runs/replication3/data/train
+humanline-data import /work/runs/replication3/task/test.jsonl --format prompts --split test --out /work/runs/replication3/data/test
+humanline-data inspect /work/runs/replication3/data/train/v1 > inspect_train.txt
+humanline-data inspect /work/runs/replication3/data/test/v1 > inspect_test.txt
+humanline-train eval --model smollm2-135m-instruct --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/initial --out /work/runs/replication3/evals/initial.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
+humanline-train --config /work/runs/replication3/configs/train-online-seed0.yaml --out /work/runs/replication3/runs/online-seed0
+humanline-train --config /work/runs/replication3/configs/train-online-seed0.yaml --out /work/runs/replication3/runs/online-seed0 --resume /work/runs/replication3/runs/online-seed0
+humanline-train --config /work/runs/replication3/configs/train-stale64-seed0.yaml --out /work/runs/replication3/runs/stale64-seed0
+humanline-train export /work/runs/replication3/runs/stale64-seed0 --step 128 --merge --out /work/runs/replication3/runs/stale64-seed0/final-model
+humanline-train eval --model /work/runs/replication3/runs/stale64-seed0/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/stale64-seed0 --out /work/runs/replication3/evals/stale64-seed0.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
+humanline-train export /work/runs/replication3/runs/online-seed0 --step 128 --merge --out /work/runs/replication3/runs/online-seed0/final-model
+humanline-train eval --model /work/runs/replication3/runs/online-seed0/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/online-seed0 --out /work/runs/replication3/evals/online-seed0.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
+humanline-data inspect /work/runs/replication3/runs/stale64-seed0/shards/groups/v1 > inspect_stale64_seed0_round0.txt
+humanline-train --config /work/runs/replication3/configs/train-stale64-humanline-k1-seed0.yaml --out /work/runs/replication3/runs/stale64-humanline-k1-seed0
+humanline-data inspect /work/runs/replication3/runs/online-seed0/shards/groups/v1 > inspect_online_seed0_round0.txt
