@@ -16,3 +16,28 @@ humanline-train eval --model /work/runs/replication3/runs/online-seed0/final-mod
 humanline-data inspect /work/runs/replication3/runs/stale64-seed0/shards/groups/v1 > inspect_stale64_seed0_round0.txt
 humanline-train --config /work/runs/replication3/configs/train-stale64-humanline-k1-seed0.yaml --out /work/runs/replication3/runs/stale64-humanline-k1-seed0
 humanline-data inspect /work/runs/replication3/runs/online-seed0/shards/groups/v1 > inspect_online_seed0_round0.txt
+humanline-train --config /work/runs/replication3/configs/train-stale64-humanline-k4-seed0.yaml --out /work/runs/replication3/runs/stale64-humanline-k4-seed0
+humanline-train export /work/runs/replication3/runs/stale64-humanline-k1-seed0 --step 128 --merge --out /work/runs/replication3/runs/stale64-humanline-k1-seed0/final-model
+humanline-train eval --model /work/runs/replication3/runs/stale64-humanline-k1-seed0/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/stale64-humanline-k1-seed0 --out /work/runs/replication3/evals/stale64-humanline-k1-seed0.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
+humanline-train export /work/runs/replication3/runs/stale64-humanline-k4-seed0 --step 128 --merge --out /work/runs/replication3/runs/stale64-humanline-k4-seed0/final-model
+humanline-train eval --model /work/runs/replication3/runs/stale64-humanline-k4-seed0/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/stale64-humanline-k4-seed0 --out /work/runs/replication3/evals/stale64-humanline-k4-seed0.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
+humanline-train --config /work/runs/replication3/configs/train-stale64-humanline-k16-seed0.yaml --out /work/runs/replication3/runs/stale64-humanline-k16-seed0
+humanline-train --config /work/runs/replication3/configs/train-offline-seed0.yaml --out /work/runs/replication3/runs/offline-seed0
+humanline-train export /work/runs/replication3/runs/stale64-humanline-k16-seed0 --step 128 --merge --out /work/runs/replication3/runs/stale64-humanline-k16-seed0/final-model
+humanline-train eval --model /work/runs/replication3/runs/stale64-humanline-k16-seed0/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/stale64-humanline-k16-seed0 --out /work/runs/replication3/evals/stale64-humanline-k16-seed0.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
+humanline-train export /work/runs/replication3/runs/offline-seed0 --step 128 --merge --out /work/runs/replication3/runs/offline-seed0/final-model
+humanline-train eval --model /work/runs/replication3/runs/offline-seed0/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/offline-seed0 --out /work/runs/replication3/evals/offline-seed0.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
+humanline-train --config /work/runs/replication3/configs/train-online-seed1.yaml --out /work/runs/replication3/runs/online-seed1
+humanline-data inspect /work/runs/replication3/runs/offline-seed0/shards/groups/v1 > inspect_offline_seed0_round0.txt
+humanline-train --config /work/runs/replication3/configs/train-stale64-seed1.yaml --out /work/runs/replication3/runs/stale64-seed1
+humanline-train export /work/runs/replication3/runs/stale64-seed1 --step 128 --merge --out /work/runs/replication3/runs/stale64-seed1/final-model
+humanline-train eval --model /work/runs/replication3/runs/stale64-seed1/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/stale64-seed1 --out /work/runs/replication3/evals/stale64-seed1.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
+humanline-train export /work/runs/replication3/runs/online-seed1 --step 128 --merge --out /work/runs/replication3/runs/online-seed1/final-model
+humanline-train eval --model /work/runs/replication3/runs/online-seed1/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/online-seed1 --out /work/runs/replication3/evals/online-seed1.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
+humanline-train --config /work/runs/replication3/configs/train-stale64-humanline-k1-seed1.yaml --out /work/runs/replication3/runs/stale64-humanline-k1-seed1
+humanline-train --config /work/runs/replication3/configs/train-stale64-humanline-k4-seed1.yaml --out /work/runs/replication3/runs/stale64-humanline-k4-seed1
+humanline-train export /work/runs/replication3/runs/stale64-humanline-k1-seed1 --step 128 --merge --out /work/runs/replication3/runs/stale64-humanline-k1-seed1/final-model
+humanline-train eval --model /work/runs/replication3/runs/stale64-humanline-k1-seed1/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/stale64-humanline-k1-seed1 --out /work/runs/replication3/evals/stale64-humanline-k1-seed1.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
+humanline-train export /work/runs/replication3/runs/stale64-humanline-k4-seed1 --step 128 --merge --out /work/runs/replication3/runs/stale64-humanline-k4-seed1/final-model
+humanline-train eval --model /work/runs/replication3/runs/stale64-humanline-k4-seed1/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/stale64-humanline-k4-seed1 --out /work/runs/replication3/evals/stale64-humanline-k4-seed1.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
+humanline-train --config /work/runs/replication3/configs/train-stale64-humanline-k16-seed1.yaml --out /work/runs/replication3/runs/stale64-humanline-k16-seed1
