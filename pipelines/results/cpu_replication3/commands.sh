@@ -41,3 +41,33 @@ humanline-train eval --model /work/runs/replication3/runs/stale64-humanline-k1-s
 humanline-train export /work/runs/replication3/runs/stale64-humanline-k4-seed1 --step 128 --merge --out /work/runs/replication3/runs/stale64-humanline-k4-seed1/final-model
 humanline-train eval --model /work/runs/replication3/runs/stale64-humanline-k4-seed1/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/stale64-humanline-k4-seed1 --out /work/runs/replication3/evals/stale64-humanline-k4-seed1.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
 humanline-train --config /work/runs/replication3/configs/train-stale64-humanline-k16-seed1.yaml --out /work/runs/replication3/runs/stale64-humanline-k16-seed1
+humanline-train --config /work/runs/replication3/configs/train-offline-seed1.yaml --out /work/runs/replication3/runs/offline-seed1
+humanline-train export /work/runs/replication3/runs/stale64-humanline-k16-seed1 --step 128 --merge --out /work/runs/replication3/runs/stale64-humanline-k16-seed1/final-model
+humanline-train eval --model /work/runs/replication3/runs/stale64-humanline-k16-seed1/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/stale64-humanline-k16-seed1 --out /work/runs/replication3/evals/stale64-humanline-k16-seed1.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
+humanline-train export /work/runs/replication3/runs/offline-seed1 --step 128 --merge --out /work/runs/replication3/runs/offline-seed1/final-model
+humanline-train eval --model /work/runs/replication3/runs/offline-seed1/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/offline-seed1 --out /work/runs/replication3/evals/offline-seed1.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
+humanline-train --config /work/runs/replication3/configs/train-online-seed2.yaml --out /work/runs/replication3/runs/online-seed2
+humanline-train --config /work/runs/replication3/configs/train-stale64-seed2.yaml --out /work/runs/replication3/runs/stale64-seed2
+humanline-train export /work/runs/replication3/runs/stale64-seed2 --step 128 --merge --out /work/runs/replication3/runs/stale64-seed2/final-model
+humanline-train eval --model /work/runs/replication3/runs/stale64-seed2/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/stale64-seed2 --out /work/runs/replication3/evals/stale64-seed2.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
+humanline-train export /work/runs/replication3/runs/online-seed2 --step 128 --merge --out /work/runs/replication3/runs/online-seed2/final-model
+humanline-train eval --model /work/runs/replication3/runs/online-seed2/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/online-seed2 --out /work/runs/replication3/evals/online-seed2.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
+humanline-train --config /work/runs/replication3/configs/train-offline-seed2.yaml --out /work/runs/replication3/runs/offline-seed2
+humanline-train --config /work/runs/replication3/configs/train-online-seed3.yaml --out /work/runs/replication3/runs/online-seed3
+humanline-train export /work/runs/replication3/runs/offline-seed2 --step 128 --merge --out /work/runs/replication3/runs/offline-seed2/final-model
+humanline-train eval --model /work/runs/replication3/runs/offline-seed2/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/offline-seed2 --out /work/runs/replication3/evals/offline-seed2.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
+humanline-train --config /work/runs/replication3/configs/train-stale64-seed3.yaml --out /work/runs/replication3/runs/stale64-seed3
+humanline-train export /work/runs/replication3/runs/online-seed3 --step 128 --merge --out /work/runs/replication3/runs/online-seed3/final-model
+humanline-train eval --model /work/runs/replication3/runs/online-seed3/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/online-seed3 --out /work/runs/replication3/evals/online-seed3.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
+humanline-train --config /work/runs/replication3/configs/train-offline-seed3.yaml --out /work/runs/replication3/runs/offline-seed3
+humanline-train export /work/runs/replication3/runs/stale64-seed3 --step 128 --merge --out /work/runs/replication3/runs/stale64-seed3/final-model
+humanline-train eval --model /work/runs/replication3/runs/stale64-seed3/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/stale64-seed3 --out /work/runs/replication3/evals/stale64-seed3.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
+humanline-train --config /work/runs/replication3/configs/train-online-seed4.yaml --out /work/runs/replication3/runs/online-seed4
+humanline-train export /work/runs/replication3/runs/offline-seed3 --step 128 --merge --out /work/runs/replication3/runs/offline-seed3/final-model
+humanline-train eval --model /work/runs/replication3/runs/offline-seed3/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/offline-seed3 --out /work/runs/replication3/evals/offline-seed3.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
+humanline-train --config /work/runs/replication3/configs/train-stale64-seed4.yaml --out /work/runs/replication3/runs/stale64-seed4
+humanline-train export /work/runs/replication3/runs/online-seed4 --step 128 --merge --out /work/runs/replication3/runs/online-seed4/final-model
+humanline-train eval --model /work/runs/replication3/runs/online-seed4/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/online-seed4 --out /work/runs/replication3/evals/online-seed4.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
+humanline-train export /work/runs/replication3/runs/stale64-seed4 --step 128 --merge --out /work/runs/replication3/runs/stale64-seed4/final-model
+humanline-train eval --model /work/runs/replication3/runs/stale64-seed4/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/stale64-seed4 --out /work/runs/replication3/evals/stale64-seed4.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
+humanline-train --config /work/runs/replication3/configs/train-offline-seed4.yaml --out /work/runs/replication3/runs/offline-seed4
