@@ -71,3 +71,5 @@ humanline-train eval --model /work/runs/replication3/runs/online-seed4/final-mod
 humanline-train export /work/runs/replication3/runs/stale64-seed4 --step 128 --merge --out /work/runs/replication3/runs/stale64-seed4/final-model
 humanline-train eval --model /work/runs/replication3/runs/stale64-seed4/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/stale64-seed4 --out /work/runs/replication3/evals/stale64-seed4.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
 humanline-train --config /work/runs/replication3/configs/train-offline-seed4.yaml --out /work/runs/replication3/runs/offline-seed4
+humanline-train export /work/runs/replication3/runs/offline-seed4 --step 128 --merge --out /work/runs/replication3/runs/offline-seed4/final-model
+humanline-train eval --model /work/runs/replication3/runs/offline-seed4/final-model --prompts /work/runs/replication3/data/test/v1 --scorer math --work /work/runs/replication3/evals/offline-seed4 --out /work/runs/replication3/evals/offline-seed4.json --n 1 --temperature 0 --max-new-tokens 16 --batch-size 200
