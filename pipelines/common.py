@@ -142,10 +142,10 @@ class Steps:
     def evaluate(self, name: str, model, prompts, scorer: str, *args) -> dict:
         """``humanline-train eval`` of ``model``; its JSON result (also saved as ``evals/<name>.json``;
         its versions under ``evals/<name>/``, made afresh: a recipe resumed after a stop mid-evaluation redoes it)."""
-        out = self.run_dir / "evals" / f"{name}.json"
-        shutil.rmtree(self.run_dir / "evals" / name, ignore_errors=True)
+        out, work = self.run_dir / "evals" / f"{name}.json", self.run_dir / "evals" / name
+        shutil.rmtree(work, ignore_errors=True)
         self.run(f"eval-{name}", "humanline-train", "eval", "--model", model, "--prompts", prompts, "--scorer", scorer,
-                   "--work", self.run_dir / "evals" / name, "--out", out, *args)
+                   "--work", work, "--out", out, *args)
         return json.loads(out.read_text())
 
     def plot(self, name: str, run_dirs: list, metrics: list[str]) -> Path:
